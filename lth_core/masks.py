@@ -18,10 +18,10 @@ from torch import nn
 
 def prunable_names(model: nn.Module, prune_linear: bool = False) -> list[str]:
     """Names of the weights pruning may touch: every conv weight, and linear weights if asked.
-    BatchNorm and biases are never pruned."""
+    BatchNorm, biases and injected skip branches (`.skip.`, dense by design) are never pruned."""
     kinds: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear) if prune_linear else (nn.Conv2d,)
-    return [f"{name}.weight" if name else "weight"
-            for name, module in model.named_modules() if isinstance(module, kinds)]
+    return [f"{name}.weight" if name else "weight" for name, module in model.named_modules()
+            if isinstance(module, kinds) and ".skip." not in f".{name}."]
 
 
 class Mask(Mapping[str, torch.Tensor]):

@@ -1,0 +1,285 @@
+"""`python -m lth_core draw|spend|show|analyze`: the core without Ray or MLflow.
+
+Each command takes a config file (JSON or YAML), flags, or both (flags win),
+shows progress on stderr and prints a JSON summary on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, to_dict
+from lth_core.training import EpochRecord
+
+DEFAULT_STORE = "artifacts"
+
+# flag -> (dotted field inside a TicketConfig, type)
+TICKET_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--dataset": ("data.name", str, "digits | cifar10 | cifar100 | tinyimagenet"),
+    "--data-root": ("data.root", str, "folder holding the CIFAR or Tiny-ImageNet files"),
+    "--val-fraction": ("data.val_fraction", float, "share of the training set held out for validation"),
+    "--arch": ("model.arch", str, "resnet18 | resnet34 | vgg16 | mobilenet"),
+    "--width": ("model.width", float, "width multiplier"),
+    "--seed": ("seed", int, "seed of the initialisation and data order"),
+    "--epochs": ("recipe.epochs", int, "epochs of the dense run and of each IMP level"),
+    "--batch-size": ("recipe.batch_size", int, "mini-batch size"),
+    "--lr": ("recipe.lr", float, "SGD learning rate"),
+    "--momentum": ("recipe.momentum", float, "SGD momentum"),
+    "--weight-decay": ("recipe.weight_decay", float, "weight decay"),
+    "--milestones": ("recipe.milestones", "ints", "epochs where the lr drops x0.1 (default 50%%,75%%)"),
+    "--device": ("recipe.device", str, "auto | cpu | cuda"),
+    "--precision": ("recipe.precision", str, "auto | fp32 | bf16"),
+    "--prune-method": ("pruning.method", str, "imp | omp"),
+    "--prune-rate": ("pruning.rate", float, "share of remaining weights removed per IMP level"),
+    "--levels": ("pruning.levels", int, "number of pruning levels"),
+    "--sparsities": ("pruning.sparsities", "floats", "OMP target sparsities, comma separated"),
+    "--scope": ("pruning.scope", str, "global | layerwise"),
+    "--imp-rewind-epoch": ("pruning.rewind_epoch", int, "epoch IMP rewinds the survivors to (0 = init)"),
+    "--keep-epochs": ("keep_epochs", "ints", "dense-run epochs kept as rewind points, comma separated"),
+}
+
+SPEND_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--level": ("level", int, "pruning level to spend (0 = the dense net)"),
+    "--spend-seed": ("seed", int, "seed of the re-training"),
+    "--activation": ("tweaks.activation", str, "relu | swish | mish | gelu | elu | softplus | pswish"),
+    "--skip": ("tweaks.skip", str, "none | identity | conv1x1"),
+    "--label-smoothing": ("tweaks.label_smoothing", float, "label smoothing ratio in [0, 1)"),
+    "--kd": ("tweaks.kd", "kd", "distil from the dense net: ALPHA,T (e.g. 0.9,5)"),
+    "--rescale-init": ("tweaks.rescale_init", "flag", "GradInit layer-wise re-scaled initialisation"),
+    "--rescale-iterations": ("tweaks.rescale_init.iterations", int, "GradInit iterations"),
+    "--rewind-epoch": ("tweaks.rewind_epoch", int, "start from the dense run's weights at this epoch"),
+    "--spend-epochs": ("recipe.epochs", int, "re-training epochs (default: the ticket's recipe)"),
+}
+
+
+def _parse_value(kind: Any, text: str, flag: str) -> Any:
+    try:
+        if kind == "ints":
+            return [int(v) for v in text.split(",") if v.strip()]
+        if kind == "floats":
+            return [float(v) for v in text.split(",") if v.strip()]
+        if kind == "kd":
+            alpha, temperature = (float(v) for v in text.split(","))
+            return {"alpha": alpha, "temperature": temperature}
+        return kind(text)
+    except ValueError:
+        raise ConfigError(flag, f"cannot read {text!r}") from None
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = tree.get(p)
+        if not isinstance(node, dict):
+            node = tree[p] = {}
+        tree = node
+    if isinstance(value, dict) and isinstance(tree.get(leaf), dict):
+        tree[leaf].update(value)
+    elif not (value == {} and isinstance(tree.get(leaf), dict)):
+        tree[leaf] = value
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, Any, str]]) -> None:
+    for flag, (_, kind, help_text) in flags.items():
+        if kind == "flag":
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, metavar=flag.strip("-").split("-")[-1].upper(), help=help_text)
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, tuple[str, Any, str]], prefix: str) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for flag, (dotted, kind, _) in flags.items():
+        raw = getattr(args, flag.strip("-").replace("-", "_"))
+        if raw is None:
+            continue
+        value = {} if kind == "flag" else _parse_value(kind, raw, flag)
+        _set(tree, prefix + dotted, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _load_file(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("--config", f"file {path} not found")
+    import yaml
+
+    data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError("--config", f"{path} must hold a mapping")
+    return data
+
+
+def ticket_from_args(args: argparse.Namespace) -> TicketConfig:
+    data = _merge(_load_file(args.config), _overrides(args, TICKET_FLAGS, ""))
+    return from_dict(TicketConfig, data)
+
+
+def spend_from_args(args: argparse.Namespace) -> SpendConfig:
+    data = _load_file(args.config)
+    data = _merge(data, _overrides(args, TICKET_FLAGS, "ticket."))
+    data = _merge(data, _overrides(args, SPEND_FLAGS, ""))
+    return from_dict(SpendConfig, data)
+
+
+class StageProgress:
+    """One progress bar per stage (dense run, each level, the spend) on stderr."""
+
+    def __init__(self, epochs_of: dict[str, int] | None = None, default_epochs: int = 0):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._bar = None
+        self._stage = None
+        self._epochs_of = epochs_of or {}
+        self._default = default_epochs
+
+    def __call__(self, stage: str, record: EpochRecord) -> None:
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            total = self._epochs_of.get(stage, self._default)
+            self._bar = self._tqdm(total=total, desc=stage, file=sys.stderr, leave=True, dynamic_ncols=True,
+                                   initial=record.epoch - 1)
+        self._bar.set_postfix(loss=f"{record.train_loss:.3f}", val=f"{record.val_acc:.3f}",
+                              test=f"{record.test_acc:.3f}")
+        self._bar.update(record.epoch - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def format_levels(summary: dict[str, Any]) -> str:
+    """The per-level table of a draw: sparsity and vanilla LTH accuracy."""
+    lines = [f"ticket {summary['key']}  ({summary['config']['model']['arch']} on {summary['config']['data']['name']})",
+             f"{'level':>5}  {'sparsity':>8}  {'best val':>8}  {'test acc':>8}",
+             f"{0:>5}  {0.0:>8.2%}  {summary['dense']['best_val_acc']:>8.2%}  {summary['dense']['test_acc']:>8.2%}  (dense)"]
+    for lv in summary["levels"]:
+        lines.append(f"{lv['level']:>5}  {lv['sparsity']:>8.2%}  {lv['best_val_acc']:>8.2%}  {lv['test_acc']:>8.2%}")
+    return "\n".join(lines)
+
+
+def _store(args: argparse.Namespace):
+    from lth_core.store import ArtifactStore
+
+    return ArtifactStore(args.store)
+
+
+def cmd_draw(args: argparse.Namespace) -> dict[str, Any]:
+    from lth_core.lottery import draw
+
+    ticket = ticket_from_args(args)
+    progress = StageProgress(default_epochs=ticket.recipe.epochs)
+    try:
+        summary = draw(ticket, _store(args), progress)
+    finally:
+        progress.close()
+    print(format_levels(summary), file=sys.stderr)
+    return summary
+
+
+def cmd_spend(args: argparse.Namespace) -> dict[str, Any]:
+    from lth_core.lottery import spend
+
+    config = spend_from_args(args)
+    progress = StageProgress({f"spend level {config.level}": config.train_recipe.epochs},
+                             default_epochs=config.ticket.recipe.epochs)
+    try:
+        result = spend(config, _store(args), on_stage_epoch=progress)
+    finally:
+        progress.close()
+    result = {k: v for k, v in result.items() if k != "history"}
+    print(f"spent level {result['level']} ({result['sparsity']:.2%} sparse) with {result['tweak']}: "
+          f"test acc {result['test_acc']:.2%} (vanilla {result['vanilla_test_acc']:.2%}, "
+          f"dense {result['dense_test_acc']:.2%})", file=sys.stderr)
+    return result
+
+
+def cmd_show(args: argparse.Namespace) -> dict[str, Any]:
+    store = _store(args)
+    key = args.key or ticket_from_args(args).key
+    path = f"tickets/{key}/summary.json"
+    if not store.exists(path):
+        raise SystemExit(f"error: no finished draw with key {key} in {store.uri}; run `python -m lth_core draw` first")
+    summary = store.read_json(path)
+    print(format_levels(summary))
+    return summary
+
+
+def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
+    from lth_core.analysis.run import analyze_spend
+
+    config = spend_from_args(args)
+    out = Path(args.out or f"analysis/{config.key}")
+    result = analyze_spend(config, _store(args), out, activations=args.compare_activations.split(","),
+                           threshold=args.threshold, top_k=args.top_k, grid=args.grid)
+    print(result["table"], file=sys.stderr)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lth_core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="JSON or YAML config file (flags override it)")
+        p.add_argument("--store", default=os.environ.get("LTH_STORE_URI", DEFAULT_STORE),
+                       help="artifact store: a folder or a pyarrow URI such as s3://bucket/prefix "
+                            "(default: $LTH_STORE_URI or ./artifacts)")
+
+    p = sub.add_parser("draw", help="train the dense net and draw every pruning level (cached)")
+    common(p)
+    _add_flags(p, TICKET_FLAGS)
+    p.set_defaults(run=cmd_draw)
+
+    p = sub.add_parser("spend", help="re-train one level of a ticket with tweaks (draws it first if needed)")
+    common(p)
+    _add_flags(p, TICKET_FLAGS)
+    _add_flags(p, SPEND_FLAGS)
+    p.set_defaults(run=cmd_spend)
+
+    p = sub.add_parser("show", help="print the per-level table of a stored draw")
+    common(p)
+    p.add_argument("--key", help="ticket key (instead of ticket flags)")
+    _add_flags(p, TICKET_FLAGS)
+    p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser("analyze", help="activation sparsity, Hessian eigenvalues and loss landscape of a spend")
+    common(p)
+    _add_flags(p, TICKET_FLAGS)
+    _add_flags(p, SPEND_FLAGS)
+    p.add_argument("--out", help="output folder (default analysis/<spend key>)")
+    p.add_argument("--compare-activations", default="relu,swish",
+                   help="activations to compare in the sparsity table, comma separated")
+    p.add_argument("--threshold", type=float, default=1e-3, help="|a| below which an activation counts as zero")
+    p.add_argument("--top-k", type=int, default=1, help="number of top Hessian eigenvalues")
+    p.add_argument("--grid", type=int, default=11, help="points per axis of the loss landscape")
+    p.set_defaults(run=cmd_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.run(args)
+    except ConfigError as e:
+        print(f"error: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return 0

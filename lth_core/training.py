@@ -1,0 +1,214 @@
+"""The SGD training recipe shared by the dense run, IMP levels and every spend.
+
+`fit` trains a (possibly masked) model epoch by epoch. After each epoch it hands
+the caller an `EpochRecord` and a way to build a checkpoint payload; feeding
+that payload back as `resume` continues to the same final weights as an
+uninterrupted run (model, optimizer, scheduler and data RNG are all restored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lth_core.config import RecipeConfig
+from lth_core.data import Dataset, iterate_batches
+from lth_core.masks import Mask, MaskApplier
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""loss(logits, images, labels): images are passed so a distillation teacher can see them."""
+
+
+def cross_entropy_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), labels)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how fast to run, resolved from a recipe and the machine."""
+
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+
+    @classmethod
+    def resolve(cls, recipe: RecipeConfig) -> Runtime:
+        if recipe.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("recipe.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+        device = torch.device("cuda" if recipe.device != "cpu" and torch.cuda.is_available() else "cpu")
+        on_cuda = device.type == "cuda"
+        if recipe.precision == "bf16" and not on_cuda:
+            raise RuntimeError("recipe.precision 'bf16' needs a CUDA device; use 'auto' or 'fp32' on the CPU")
+        bf16 = on_cuda and recipe.precision in ("auto", "bf16")
+        return cls(device=device, bf16=bf16, channels_last=on_cuda and recipe.channels_last)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    test_acc: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochRecord]
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    @property
+    def best(self) -> EpochRecord:
+        """The best-validation epoch (earliest on ties); its test accuracy is the one reported."""
+        return max(self.history, key=lambda r: (r.val_acc, -r.epoch))
+
+    def summary(self) -> dict[str, float]:
+        best = self.best
+        return {"best_epoch": best.epoch, "best_val_acc": best.val_acc, "test_acc": best.test_acc,
+                "final_val_acc": self.history[-1].val_acc, "final_test_acc": self.history[-1].test_acc,
+                "wall_seconds": self.wall_seconds}
+
+
+EpochCallback = Callable[[EpochRecord, Callable[[], dict[str, Any]]], None]
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, split: str, runtime: Runtime,
+             loss_fn: LossFn = cross_entropy_loss, batch_size: int = 512) -> tuple[float, float]:
+    """Mean loss and accuracy over a split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), device=runtime.device)
+    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+    count = 0
+    for images, labels in iterate_batches(dataset, split, batch_size):
+        with runtime.autocast():
+            logits = model(runtime.images(images))
+        total_loss += loss_fn(logits, images, labels).float() * labels.numel()
+        correct += (logits.argmax(1) == labels).sum()
+        count += labels.numel()
+    model.train(was_training)
+    return float(total_loss) / max(count, 1), float(correct) / max(count, 1)
+
+
+def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, runtime: Runtime,
+        mask: Mask | None = None, loss_fn: LossFn = cross_entropy_loss, keep_epochs: Iterable[int] = (),
+        resume: dict[str, Any] | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train `model` (already on `runtime.device`) with the recipe; the mask is re-applied after
+    every optimizer step so pruned weights stay exactly zero. Snapshots of the weights after the
+    epochs in `keep_epochs` (0 = before training) are returned for rewinding."""
+    keep = set(keep_epochs)
+    applier = MaskApplier(model, mask) if mask is not None else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.lr_milestones), recipe.lr_gamma)
+    generator = torch.Generator(device=dataset.train_x.device)
+    generator.manual_seed(seed)
+    result = TrainResult(history=[])
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        generator.set_state(resume["generator"])
+        start_epoch = int(resume["epoch"])
+        result.history = [EpochRecord(**r) for r in resume["history"]]
+        result.snapshots = {int(e): s for e, s in resume["snapshots"].items()}
+        result.wall_seconds = float(resume["wall_seconds"])
+    if applier is not None:
+        applier.apply_()
+    if start_epoch == 0 and 0 in keep:
+        result.snapshots[0] = state_copy(model)
+
+    for epoch in range(start_epoch + 1, recipe.epochs + 1):
+        started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        train_loss = torch.zeros((), device=runtime.device)
+        train_correct = torch.zeros((), device=runtime.device, dtype=torch.long)
+        seen = 0
+        for images, labels in iterate_batches(dataset, "train", recipe.batch_size, generator=generator,
+                                              shuffle=True, augment=True):
+            with runtime.autocast():
+                logits = model(runtime.images(images))
+                loss = loss_fn(logits, images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if applier is not None:
+                applier.apply_()
+            train_loss += loss.detach().float() * labels.numel()
+            train_correct += (logits.detach().argmax(1) == labels).sum()
+            seen += labels.numel()
+        scheduler.step()
+        val_loss, val_acc = evaluate(model, dataset, "val", runtime)
+        _, test_acc = evaluate(model, dataset, "test", runtime)
+        runtime.synchronize()
+        seconds = time.perf_counter() - started
+        record = EpochRecord(epoch=epoch, lr=lr, train_loss=float(train_loss) / max(seen, 1),
+                             train_acc=float(train_correct) / max(seen, 1), val_loss=val_loss,
+                             val_acc=val_acc, test_acc=test_acc, seconds=seconds)
+        result.history.append(record)
+        result.wall_seconds += seconds
+        if epoch in keep:
+            result.snapshots[epoch] = state_copy(model)
+        if on_epoch is not None:
+            on_epoch(record, lambda: _checkpoint(model, optimizer, scheduler, generator, epoch, result))
+    return result
+
+
+def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                generator: torch.Generator, epoch: int, result: TrainResult) -> dict[str, Any]:
+    """Everything `fit(resume=...)` needs; loadable with torch.load(weights_only=True)."""
+    return {
+        "epoch": epoch,
+        "model": state_copy(model),
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "history": [dataclasses.asdict(r) for r in result.history],
+        "snapshots": {str(e): s for e, s in result.snapshots.items()},
+        "wall_seconds": result.wall_seconds,
+    }
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj

@@ -1,0 +1,126 @@
+"""Layer-wise re-scaled initialization: GradInit (Zhu et al. 2021) with the SGD objective.
+
+Every weight and bias tensor theta_i of a Conv2d, Linear or affine BatchNorm2d layer gets one
+scale alpha_i >= 0, starting at 1. The initial weights are kept and only scaled, so the search
+works for any initialization (epoch 0 or a rewound one) and for any mask. The scales are
+learned so that one normalized SGD step from alpha * theta lowers the loss the most:
+
+    minimize  L(S2; alpha*theta - eta * g / ||g||) / eta,   g = grad L(S1; alpha*theta),
+
+differentiating through g, subject to ||g|| <= gamma: an iteration whose gradient norm is over
+gamma instead takes a step that lowers ||g||.
+
+S1 and S2 share half their samples, as in the authors' code (there S1 = B0 + B1 and
+S2 = B0 + B2 for three half-size batches): each iteration draws a batch A and takes
+S1 = A[:b]; an objective step draws a second batch B and takes S2 = A[:b/2] + B[:b - b/2].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.nn.modules.dropout import _DropoutNd
+
+from lth_core.config import RescaleInitConfig
+from lth_core.masks import Mask
+
+SCALED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+
+
+def scaled_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the tensors that get a scale: weight and bias of every conv, linear and affine
+    BN layer. Other parameters (e.g. a learnable activation slope) are left as they are."""
+    params = dict(model.named_parameters())
+    names = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, SCALED_LAYERS):
+            for kind in ("weight", "bias"):
+                name = f"{module_name}.{kind}" if module_name else kind
+                if name in params:
+                    names.append(name)
+    return names
+
+
+def rescale_init(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+                 cfg: RescaleInitConfig, *, mask: Mask | None = None,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                 on_progress: Callable[[int, float], None] | None = None) -> dict[str, float]:
+    """Learn the scales, multiply them into `model`'s parameters in place, and return them
+    (parameter name -> alpha) for logging.
+
+    `batches` yields (images, labels) with at least `cfg.batch_size` samples each; one or two are
+    drawn per iteration, so pass an endless iterator. The search runs the network functionally
+    (the model is not touched until the end) with BN in train mode on copies of its buffers, so
+    the running statistics stay as they were, and with dropout off. With a `mask`, the pruned
+    weights are zeroed first and the look-ahead step is masked too, so they stay exactly zero.
+    `on_progress(iteration, loss)` gets the 1-based iteration and the S1 loss after each one.
+    """
+    names = scaled_parameter_names(model)
+    if not names:
+        return {}
+    if mask is not None:
+        mask.apply_(model)
+    params = dict(model.named_parameters())
+    thetas = [params[n].detach() for n in names]
+    device = thetas[0].device
+    step_masks = {n: mask[n].to(device=device, dtype=params[n].dtype)
+                  for n in names if mask is not None and n in mask}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+
+    scales = torch.ones(len(names), device=device, requires_grad=True)
+    floor = torch.tensor([0.0 if n.endswith("bias") else cfg.min_scale for n in names], device=device)
+    optimizer = torch.optim.Adam([scales], lr=cfg.lr)
+    batches = iter(batches)
+    b, half = cfg.batch_size, cfg.batch_size // 2
+
+    def loss_at(weights: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, {**dict(zip(names, weights)), **buffers}, (x,))
+        return loss_fn(logits, y)
+
+    modes = {m: m.training for m in model.modules()}
+    model.train()
+    for m in model.modules():
+        if isinstance(m, _DropoutNd):
+            m.eval()
+    try:
+        for iteration in range(1, cfg.iterations + 1):
+            x1, y1 = _draw(batches, b, device)
+            weights = [s * t for s, t in zip(scales.unbind(), thetas)]
+            loss1 = loss_at(weights, x1, y1)
+            grads = torch.autograd.grad(loss1, weights, create_graph=True)
+            grads = [g * step_masks[n] if n in step_masks else g for n, g in zip(names, grads)]
+            grad_norm = torch.sqrt(sum(g.square().sum() for g in grads))
+            if grad_norm.item() > cfg.gamma:
+                objective = grad_norm
+            else:
+                x2, y2 = _draw(batches, b - half, device)
+                x2, y2 = torch.cat([x1[:half], x2]), torch.cat([y1[:half], y2])
+                stepped = [w - cfg.eta * g / grad_norm for w, g in zip(weights, grads)]
+                objective = loss_at(stepped, x2, y2) / cfg.eta
+            (scales.grad,) = torch.autograd.grad(objective, [scales])
+            torch.nn.utils.clip_grad_norm_([scales], 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                scales.clamp_(min=floor)
+            if on_progress is not None:
+                on_progress(iteration, loss1.item())
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+    with torch.no_grad():
+        for n, s in zip(names, scales.unbind()):
+            params[n].mul_(s.to(params[n].dtype))
+    return dict(zip(names, scales.tolist()))
+
+
+def _draw(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], n: int,
+          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = next(batches)
+    if len(images) < n:
+        raise ValueError(f"rescale_init needs batches of at least {n} samples, got {len(images)}")
+    return images[:n].to(device), labels[:n].to(device)

@@ -1,0 +1,72 @@
+"""Injected skip connections: an extra path from a conv unit's input to its output.
+
+Every injectable `ConvUnit` (every 3x3 conv of a ResNet block, every conv of
+VGG and MobileNet) gets `unit.skip`, added after BN and before the activation:
+
+- `identity`: parameter-free, ResNet "option A" where shapes change (strided
+  subsampling, zero-padded channels), so the parameter count stays the ticket's.
+- `conv1x1`: a RepVGG-style 1x1 conv + BN branch (strided and grouped like the
+  unit's conv), as in the authors' code. Its parameters live under
+  `<unit>.skip.*`; they are dense and never in the ticket's mask.
+
+The ticket's own parameters are untouched, so its weights and mask still fit.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import SKIPS
+from ..models.units import ConvUnit, init_conv_
+
+
+class IdentitySkip(nn.Module):
+    """x subsampled by the stride, with channels zero-padded (or cut) to `out_channels`."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: tuple[int, int]):
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        if sh > 1 or sw > 1:
+            x = x[:, :, ::sh, ::sw]
+        extra = self.out_channels - self.in_channels
+        if extra > 0:
+            x = F.pad(x, (0, 0, 0, 0, 0, extra))
+        elif extra < 0:
+            x = x[:, :self.out_channels]
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+def _conv1x1_skip(conv: nn.Conv2d) -> nn.Sequential:
+    return nn.Sequential(
+        init_conv_(nn.Conv2d(conv.in_channels, conv.out_channels, 1, conv.stride, groups=conv.groups, bias=False)),
+        nn.BatchNorm2d(conv.out_channels),
+    )
+
+
+def inject_skips(model: nn.Module, variant: str) -> nn.Module:
+    """Set `skip` on every injectable ConvUnit of `model` (in place); returns `model`.
+    `none` leaves the model as built."""
+    if variant not in SKIPS:
+        raise ValueError(f"unknown skip variant {variant!r}; allowed: {', '.join(SKIPS)}")
+    if variant == "none":
+        return model
+    units = [m for m in model.modules() if isinstance(m, ConvUnit) and m.injectable]
+    for unit in units:
+        conv = unit.conv
+        if variant == "identity":
+            unit.skip = IdentitySkip(conv.in_channels, conv.out_channels, conv.stride)
+        else:
+            weight = conv.weight
+            channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+            unit.skip = _conv1x1_skip(conv).to(
+                device=weight.device, dtype=weight.dtype,
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return model
