@@ -1,0 +1,32 @@
+"""Shared fixtures. Torch runs single-threaded in tests: on 2 shared cores, OpenMP threads
+spinning against each other make small models hundreds of times slower."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+from lth_core.config import ModelConfig, PruneConfig, RecipeConfig, TicketConfig  # noqa: E402
+
+
+def tiny_ticket(**changes) -> TicketConfig:
+    """A ticket that draws in seconds: narrow ResNet-18 on digits, 2 epochs, 2 IMP levels."""
+    fields = dict(model=ModelConfig(width=0.125), recipe=RecipeConfig(epochs=2, batch_size=128, device="cpu"),
+                  pruning=PruneConfig(levels=2), keep_epochs=(1,))
+    fields.update(changes)
+    return TicketConfig(**fields)
+
+
+@pytest.fixture(scope="session")
+def drawn(tmp_path_factory):
+    """(store, ticket, summary) of one tiny draw shared by the tests that only read it."""
+    from lth_core.lottery import draw
+    from lth_core.store import ArtifactStore
+
+    store = ArtifactStore(str(tmp_path_factory.mktemp("store")))
+    ticket = tiny_ticket()
+    return store, ticket, draw(ticket, store)

@@ -1,0 +1,130 @@
+"""Draw and spend end to end on digits: artifacts, idempotence, rewinding, corruption, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import tiny_ticket
+from lth_core.config import KDConfig, RescaleInitConfig, SpendConfig, TweakConfig
+from lth_core.lottery import draw, load_level, prepare_spend_model, spend, ticket_dir
+from lth_core.store import ArtifactStore
+from lth_core.training import Runtime
+
+
+def test_draw_stores_every_level_with_the_exact_schedule(drawn):
+    store, ticket, summary = drawn
+    folder = ticket_dir(ticket)
+    assert [lv["level"] for lv in summary["levels"]] == [1, 2]
+    for lv, target in zip(summary["levels"], (0.2, 0.36)):
+        mask = load_level(ticket, lv["level"], store)
+        assert mask.kept == round(mask.total * (1 - target))
+        metrics = store.read_json(f"{folder}/level_{lv['level']}/metrics.json")
+        assert metrics["start"] == f"{folder}/dense/rewind_0.safetensors"
+        assert 0 < metrics["summary"]["test_acc"] <= 1
+    for name in ("dense/rewind_0.safetensors", "dense/rewind_1.safetensors", "dense/final.safetensors"):
+        assert store.exists(f"{folder}/{name}")
+    assert not store.exists(f"{folder}/dense/checkpoint.pt")
+
+
+def test_asking_again_reads_the_draw_back_quickly(drawn):
+    store, ticket, summary = drawn
+    started = time.perf_counter()
+    again = draw(ticket, store)
+    assert time.perf_counter() - started < 1.0
+    assert again == summary
+
+
+def test_rewinding_restores_exactly_the_stored_weights_under_the_mask(drawn):
+    store, ticket, _ = drawn
+    spend_cfg = SpendConfig(ticket=ticket, level=2, tweaks=TweakConfig(rewind_epoch=1))
+    from lth_core.data import load_dataset
+
+    model, mask = prepare_spend_model(spend_cfg, store, Runtime.resolve(ticket.recipe), load_dataset(ticket.data))
+    stored = store.read_tensors(f"{ticket_dir(ticket)}/dense/rewind_1.safetensors")
+    for name, p in model.state_dict().items():
+        expected = stored[name] * mask[name] if name in mask else stored[name]
+        assert torch.equal(p, expected), name
+
+
+def test_a_corrupt_artifact_is_detected_and_recomputed(drawn, tmp_path):
+    store, ticket, summary = drawn
+    copy = ArtifactStore(str(tmp_path / "copy"))
+    for path in store.list(ticket_dir(ticket)):
+        copy.write_bytes(path, store.read_bytes(path))
+    folder = ticket_dir(ticket)
+    original_mask = load_level(ticket, 2, copy)
+    for path in (f"{folder}/level_2/mask.safetensors", f"{folder}/summary.json"):
+        raw = bytearray((tmp_path / "copy" / path).read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        (tmp_path / "copy" / path).write_bytes(bytes(raw))
+    assert not copy.verify(f"{folder}/level_2/mask.safetensors")
+    again = draw(ticket, copy)
+    assert again == summary
+    assert copy.verify(f"{folder}/level_2/mask.safetensors")
+    assert load_level(ticket, 2, copy) == original_mask
+
+
+def test_all_tweaks_together_keep_pruned_weights_zero(drawn):
+    store, ticket, _ = drawn
+    tweaks = TweakConfig(activation="swish", skip="conv1x1", label_smoothing=0.1, kd=KDConfig(),
+                         rescale_init=RescaleInitConfig(iterations=3, batch_size=32), rewind_epoch=1)
+    cfg = SpendConfig(ticket=ticket, level=2, tweaks=tweaks)
+    captured = {}
+    result = spend(cfg, store, on_epoch=lambda record, payload: captured.update(payload()))
+    mask = load_level(ticket, 2, store)
+    for name in mask:
+        assert (captured["model"][name][~mask[name]] == 0).all(), name
+    assert result["tweak"] == "swish+skip-conv1x1+ls0.1+kd0.9,5+gradinit+rewind1"
+    assert result["rescale_scales"] and all(v >= 0 for v in result["rescale_scales"].values())
+    assert any(".skip." in k for k in captured["model"])
+    assert spend(cfg, store) == result  # cached
+    assert not store.exists(f"spends/{cfg.key}/checkpoint.pt")
+
+
+def test_spend_of_an_undrawn_ticket_draws_it_first(tmp_path):
+    store = ArtifactStore(str(tmp_path))
+    ticket = tiny_ticket(pruning=tiny_ticket().pruning.__class__(levels=1))
+    result = spend(SpendConfig(ticket=ticket, level=1), store)
+    assert store.exists(f"{ticket_dir(ticket)}/summary.json")
+    assert result["sparsity"] == pytest.approx(0.2, abs=1e-4)
+
+
+KILLED_DRAW = """
+import sys
+from conftest import tiny_ticket
+from lth_core.config import RecipeConfig
+from lth_core.lottery import draw
+from lth_core.store import ArtifactStore
+ticket = tiny_ticket(recipe=RecipeConfig(epochs=6, batch_size=128, device="cpu"))
+print(draw(ticket, ArtifactStore(sys.argv[1]))["key"])
+"""
+
+
+def test_a_draw_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.getcwd()])}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run([sys.executable, "-c", KILLED_DRAW, str(whole)], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_DRAW, str(killed)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    key = next((whole / "tickets").iterdir()).name
+    checkpoint = killed / "tickets" / key / "dense" / "checkpoint.pt.sha256"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "tickets" / key / "summary.json").exists(), "the draw finished before it was killed"
+    subprocess.run([sys.executable, "-c", KILLED_DRAW, str(killed)], env=env, check=True, capture_output=True)
+    a, b = ArtifactStore(str(whole)), ArtifactStore(str(killed))
+    for name in ("dense/final.safetensors", "level_2/final.safetensors"):
+        wa, wb = a.read_tensors(f"tickets/{key}/{name}"), b.read_tensors(f"tickets/{key}/{name}")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    sa = json.loads((whole / "tickets" / key / "summary.json").read_text())
+    sb = json.loads((killed / "tickets" / key / "summary.json").read_text())
+    assert [lv["test_acc"] for lv in sa["levels"]] == [lv["test_acc"] for lv in sb["levels"]]
