@@ -13,7 +13,8 @@ on the lock instead of computing it again:
     tickets/<key>/level_<k>/final.safetensors        IMP prunes level k+1 from these weights
     tickets/<key>/level_<k>/metrics.json             vanilla LTH re-training at that sparsity
     tickets/<key>/summary.json                       written last: the draw is complete
-    spends/<key>/result.json                         a finished spend
+    spends/<key>/final.safetensors                   a finished spend's weights (for the analyses)
+    spends/<key>/result.json                         a finished spend, written last
 """
 
 from __future__ import annotations
@@ -265,6 +266,7 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: Callable[[Epoch
         "history": [vars(r) for r in result.history],
         "rescale_scales": scales,
     }
+    store.write_tensors(f"{spend_dir(spend)}/final.safetensors", state_copy(model))
     store.write_json(result_path, out)
     if persist_checkpoints:
         store.delete(checkpoint_path)

@@ -30,3 +30,14 @@ def drawn(tmp_path_factory):
     store = ArtifactStore(str(tmp_path_factory.mktemp("store")))
     ticket = tiny_ticket()
     return store, ticket, draw(ticket, store)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One in-process Ray for the whole test session (each start costs ~10 s)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
+    yield ray
+    ray.shutdown()

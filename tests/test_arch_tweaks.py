@@ -180,21 +180,29 @@ def test_skip_changes_the_function(arch, variant):
         assert not torch.allclose(model(x), ticket(x), atol=1e-4)
 
 
-def test_identity_unit_computes_act_bn_conv_plus_shortcut():
+def test_identity_unit_computes_act_of_bn_of_conv_plus_shortcut():
     model = trained_like(inject_skips(small("resnet18"), "identity")).eval()
     x = torch.randn(2, 8, 16, 16)  # layer2.0 maps 8 -> 16 channels with stride 2
     with torch.no_grad():
         unit = model.layer2[0].unit1
         assert isinstance(unit.skip, IdentitySkip)
         shortcut = torch.cat([x[:, :, ::2, ::2], torch.zeros(2, 8, 8, 8)], dim=1)
-        torch.testing.assert_close(unit(x), F.relu(unit.bn(unit.conv(x)) + shortcut))
+        torch.testing.assert_close(unit(x), F.relu(unit.bn(unit.conv(x) + shortcut)))
 
         plain = model.layer2[0].unit2  # no activation: the block's own ReLU comes after the shortcut
         y = torch.randn(2, 16, 8, 8)
-        torch.testing.assert_close(plain(y), plain.bn(plain.conv(y)) + y)
+        torch.testing.assert_close(plain(y), plain.bn(plain.conv(y) + y))
 
         depthwise = inject_skips(small("mobilenet"), "identity").eval().blocks[1].depthwise
-        torch.testing.assert_close(depthwise(x), F.relu(depthwise.bn(depthwise.conv(x)) + x[:, :, ::2, ::2]))
+        torch.testing.assert_close(depthwise(x), F.relu(depthwise.bn(depthwise.conv(x) + x[:, :, ::2, ::2])))
+
+
+def test_conv1x1_unit_adds_its_normalised_branch_after_bn():
+    model = trained_like(inject_skips(small("resnet18"), "conv1x1")).eval()
+    unit = model.layer1[0].unit1
+    x = torch.randn(2, unit.conv.in_channels, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(unit(x), F.relu(unit.bn(unit.conv(x)) + unit.skip(x)))
 
 
 def test_identity_skip_cuts_extra_channels():

@@ -23,10 +23,11 @@ def init_conv_(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 class ConvUnit(nn.Module):
-    """conv -> BN -> (+ injected skip) -> activation.
+    """conv -> BN -> activation, with an optional injected skip.
 
     `skip` stays None until a tweak sets it; it sees the unit's input and is added
-    before the activation. `injectable=False` marks units a skip must not be added
+    before the activation: to the conv's output before BN when the skip has no
+    normalisation of its own (`joins_before_norm`), else after BN. `injectable=False` marks units a skip must not be added
     to (a ResNet's stem and downsample shortcut).
     """
 
@@ -41,7 +42,11 @@ class ConvUnit(nn.Module):
         self.injectable = injectable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn(self.conv(x))
-        if self.skip is not None:
-            y = y + self.skip(x)
+        y = self.conv(x)
+        skip = self.skip
+        if skip is not None and skip.joins_before_norm:
+            y = y + skip(x)
+        y = self.bn(y)
+        if skip is not None and not skip.joins_before_norm:
+            y = y + skip(x)
         return self.act(y)

@@ -1,0 +1,275 @@
+"""Sweep settings: presets, YAML files and flags, all resolved into one frozen `SweepConfig`.
+
+Precedence: preset < `--config FILE` < named flags < `--set dotted.field=value`.
+Everything is validated before Ray, MLflow or any training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lth_core.config import (ConfigError, RecipeConfig, SpendConfig, TicketConfig, TweakConfig, from_dict,
+                             replace, to_dict)
+
+
+@dataclass(frozen=True)
+class OptunaSpace:
+    """The tweak space Optuna searches at each level (categorical choices)."""
+
+    activation: tuple[str, ...] = ("relu", "swish", "mish")
+    skip: tuple[str, ...] = ("none", "identity")
+    label_smoothing: tuple[float, ...] = (0.0, 0.1)
+    kd: tuple[str, ...] = ("off", "0.9,5")
+    rescale_init: tuple[bool, ...] = (False, True)
+    rewind_epoch: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        for name in ("activation", "skip", "label_smoothing", "kd", "rescale_init", "rewind_epoch"):
+            if not getattr(self, name):
+                raise ConfigError(f"optuna.space.{name}", "needs at least one choice")
+        for a in self.activation:
+            TweakConfig(activation=a)
+        for s in self.skip:
+            TweakConfig(skip=s)
+        for eps in self.label_smoothing:
+            TweakConfig(label_smoothing=eps)
+        for kd in self.kd:
+            if kd != "off":
+                parts = kd.split(",")
+                if len(parts) != 2:
+                    raise ConfigError("optuna.space.kd", f"{kd!r}: use 'off' or 'ALPHA,T'")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A tweak grid over the sparsity levels of one or more tickets."""
+
+    name: str = "smoke"
+    ticket: TicketConfig = TicketConfig()
+    ticket_seeds: tuple[int, ...] = (0,)
+    spend_recipe: RecipeConfig | None = None
+    levels: tuple[int, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    combos: tuple[TweakConfig, ...] = (TweakConfig(),)
+    store: str = "artifacts"
+    tracking_uri: str = "sqlite:///mlflow.db"
+    results_dir: str = "~/ray_results"
+    ray_address: str = "local"
+    num_cpus: int = 0
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 0
+    asha: bool = False
+    asha_grace_epochs: int = 2
+    optuna_trials: int = 8
+    optuna_storage: str = "sqlite:///optuna.db"
+    optuna_space: OptunaSpace = OptunaSpace()
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\ "):
+            raise ConfigError("name", f"{self.name!r}: use a non-empty name without spaces or slashes")
+        n = self.ticket.num_levels
+        for level in self.levels:
+            if not 0 <= level <= n:
+                raise ConfigError("levels", f"level {level} is not drawn: the ticket has levels 0..{n}")
+        if not self.seeds or not self.ticket_seeds or not self.combos:
+            raise ConfigError("seeds/ticket_seeds/combos", "each needs at least one entry")
+        if self.cpus_per_trial <= 0:
+            raise ConfigError("cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
+        if self.gpus_per_trial < 0:
+            raise ConfigError("gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ConfigError("gpus_per_trial", "above 1 must be a whole number of GPUs")
+        if self.optuna_trials < 1:
+            raise ConfigError("optuna_trials", f"must be >= 1, got {self.optuna_trials}")
+        for spend in self.spends():  # every combination must be a valid spend before anything runs
+            pass
+
+    @property
+    def spend_levels(self) -> tuple[int, ...]:
+        return self.levels or tuple(range(1, self.ticket.num_levels + 1))
+
+    def tickets(self) -> list[TicketConfig]:
+        return [replace(self.ticket, seed=s) for s in self.ticket_seeds]
+
+    def spends(self) -> list[SpendConfig]:
+        return [SpendConfig(ticket=t, level=level, recipe=self.spend_recipe, tweaks=tweaks, seed=seed)
+                for t in self.tickets() for level in self.spend_levels for tweaks in self.combos
+                for seed in self.seeds]
+
+
+def _smoke() -> dict[str, Any]:
+    """Digits, narrow ResNet-18, CPU: the whole sweep in a couple of minutes on 2 cores."""
+    return {
+        "name": "smoke",
+        "ticket": {"model": {"arch": "resnet18", "width": 0.25},
+                   "recipe": {"epochs": 6, "batch_size": 64, "device": "cpu"},
+                   "pruning": {"levels": 5}, "keep_epochs": [1]},
+        "levels": [2, 5],
+        "combos": [{}, {"activation": "swish"}, {"skip": "identity"}, {"label_smoothing": 0.1},
+                   {"kd": {}}, {"rescale_init": {"iterations": 20, "batch_size": 64}}, {"rewind_epoch": 1},
+                   {"activation": "swish", "skip": "identity", "label_smoothing": 0.1, "rewind_epoch": 1}],
+        "optuna_trials": 4,
+        "optuna_space": {"activation": ["relu", "swish"], "skip": ["none", "identity"],
+                         "label_smoothing": [0.0, 0.1], "kd": ["off"], "rescale_init": [False],
+                         "rewind_epoch": [0, 1]},
+    }
+
+
+def _paper() -> dict[str, Any]:
+    """ResNet-18 on CIFAR-100 with the paper's recipe: IMP to 97.2% (16 levels), rewinding to epoch 33,
+    every tweak alone and all together, from init and rewound; GPUs."""
+    singles = [{}, {"activation": "swish"}, {"activation": "mish"}, {"skip": "identity"}, {"skip": "conv1x1"},
+               {"label_smoothing": 0.1}, {"kd": {"alpha": 0.9, "temperature": 5.0}}, {"rescale_init": {}}]
+    combined = {"activation": "swish", "skip": "identity", "label_smoothing": 0.1, "rescale_init": {}}
+    combos = [*singles, combined]
+    return {
+        "name": "paper",
+        "ticket": {"data": {"name": "cifar100", "root": os.environ.get("LTH_DATA_ROOT")},
+                   "model": {"arch": "resnet18", "width": 1.0},
+                   "recipe": {"epochs": 180, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+                              "weight_decay": 2e-4},
+                   "pruning": {"method": "imp", "rate": 0.2, "levels": 16}, "keep_epochs": [33]},
+        "combos": combos + [{**c, "rewind_epoch": 33} for c in combos],
+        "seeds": [0, 1, 2],
+        "cpus_per_trial": 2.0,
+        "gpus_per_trial": 0.25,
+        "asha": False,
+        "optuna_trials": 24,
+        "optuna_space": {"activation": ["relu", "swish", "mish"], "skip": ["none", "identity", "conv1x1"],
+                         "label_smoothing": [0.0, 0.1], "kd": ["off", "0.9,5"], "rescale_init": [False, True],
+                         "rewind_epoch": [0, 33]},
+    }
+
+
+PRESETS = {"smoke": _smoke, "paper": _paper}
+
+# flag -> (dotted field of SweepConfig, type, help)
+FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--name": ("name", str, "sweep name: MLflow experiment, Ray Tune experiment (rerun it to resume)"),
+    "--store": ("store", str, "artifact store: folder or pyarrow URI (s3://bucket/prefix); default $LTH_STORE_URI or ./artifacts"),
+    "--tracking-uri": ("tracking_uri", str, "MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"),
+    "--results-dir": ("results_dir", str, "Ray Tune storage path (shared or s3:// on a multi-node cluster)"),
+    "--ray-address": ("ray_address", str, "'local' starts Ray in-process; 'auto' or an address joins a cluster "
+                                          "(default: $RAY_ADDRESS when set, as under `ray job submit`)"),
+    "--num-cpus": ("num_cpus", int, "CPUs of the in-process Ray (0 = all)"),
+    "--data-root": ("ticket.data.root", str, "folder with CIFAR or Tiny-ImageNet (default $LTH_DATA_ROOT)"),
+    "--dataset": ("ticket.data.name", str, "digits | cifar10 | cifar100 | tinyimagenet"),
+    "--arch": ("ticket.model.arch", str, "resnet18 | resnet34 | vgg16 | mobilenet"),
+    "--width": ("ticket.model.width", float, "width multiplier"),
+    "--epochs": ("ticket.recipe.epochs", int, "epochs of the dense run and each IMP level"),
+    "--num-levels": ("ticket.pruning.levels", int, "IMP levels to draw"),
+    "--device": ("ticket.recipe.device", str, "auto | cpu | cuda"),
+    "--levels": ("levels", "ints", "levels to spend, comma separated (default: all drawn)"),
+    "--seeds": ("seeds", "ints", "re-training seeds, comma separated"),
+    "--ticket-seeds": ("ticket_seeds", "ints", "one ticket per seed, comma separated"),
+    "--cpus-per-trial": ("cpus_per_trial", float, "CPUs per trial"),
+    "--gpus-per-trial": ("gpus_per_trial", float, "GPUs per trial (0.25 puts four trials on a GPU)"),
+    "--max-concurrent": ("max_concurrent", int, "most trials at once (0 = as resources allow)"),
+    "--asha": ("asha", "flag", "stop weak combinations early (ASHA on validation accuracy)"),
+    "--optuna-trials": ("optuna_trials", int, "Optuna trials per level"),
+    "--optuna-storage": ("optuna_storage", str, "Optuna RDB storage URL (sqlite default; a database URL on a cluster)"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS),
+                        help="starting point: smoke (digits, CPU, minutes) or paper (CIFAR-100, GPUs)")
+    parser.add_argument("--config", help="YAML or JSON file with SweepConfig fields, laid over the preset")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override any field, e.g. --set ticket.recipe.lr=0.05 (value parsed as YAML)")
+    for flag, (_, kind, help_text) in FLAGS.items():
+        if kind == "flag":
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (draws, trials, resources) and exit")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        if not isinstance(tree.get(p), dict):
+            tree[p] = {}
+        tree = tree[p]
+    tree[leaf] = value
+
+
+def _parse_flag(kind: Any, raw: str, flag: str) -> Any:
+    try:
+        if kind == "ints":
+            return [int(v) for v in raw.split(",") if v.strip()]
+        if kind == "flag":
+            return True
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(flag, f"cannot read {raw!r}") from None
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
+    data = PRESETS[args.preset]()
+    data.setdefault("store", os.environ.get("LTH_STORE_URI", "artifacts"))
+    data.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    if os.environ.get("RAY_ADDRESS"):
+        data.setdefault("ray_address", os.environ["RAY_ADDRESS"])
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError("--config", f"file {path} not found")
+        extra = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+        if not isinstance(extra, dict):
+            raise ConfigError("--config", f"{path} must hold a mapping of SweepConfig fields")
+        data = _deep_merge(data, extra)
+    for flag, (dotted, kind, _) in FLAGS.items():
+        raw = getattr(args, flag.strip("-").replace("-", "_"))
+        if raw is not None:
+            _set_dotted(data, dotted, _parse_flag(kind, raw, flag))
+    for item in args.set:
+        field, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError("--set", f"{item!r}: use FIELD=VALUE")
+        _set_dotted(data, field.strip(), yaml.safe_load(raw))
+    return resolve_paths(from_dict(SweepConfig, data))
+
+
+def _absolute_uri(uri: str) -> str:
+    """Local paths become absolute, so Ray workers (other working directories) see the same place."""
+    if "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
+def _absolute_sqlite(uri: str) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).expanduser().resolve())
+    return uri
+
+
+def resolve_paths(sweep: SweepConfig) -> SweepConfig:
+    return replace(sweep, store=_absolute_uri(sweep.store), results_dir=_absolute_uri(sweep.results_dir),
+                   tracking_uri=_absolute_sqlite(sweep.tracking_uri),
+                   optuna_storage=_absolute_sqlite(sweep.optuna_storage))
+
+
+def trial_base(sweep: SweepConfig, parent_run_id: str | None) -> dict[str, Any]:
+    """The fixed part of every trial's config (the search varies the rest)."""
+    return {"store": sweep.store, "tracking_uri": sweep.tracking_uri if parent_run_id else None,
+            "parent_run_id": parent_run_id, "cpus_per_trial": sweep.cpus_per_trial,
+            "gpus_per_trial": sweep.gpus_per_trial,
+            "spend_recipe": to_dict(sweep.spend_recipe) if sweep.spend_recipe is not None else None}

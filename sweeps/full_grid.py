@@ -1,0 +1,99 @@
+"""The tweak grid x sparsity levels x seeds, on Ray Tune, tracked in MLflow.
+
+Stage 1 draws every distinct ticket once; stage 2 spends the grid, every trial
+reading the same stored ticket. Locally: `python sweeps/full_grid.py` (Ray
+in-process). On a cluster: `ray job submit --working-dir . -- python
+sweeps/full_grid.py --preset paper --store s3://... --tracking-uri http://...`.
+Rerun the same command to resume a stopped sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lth_core.config import to_dict  # noqa: E402
+from sweeps import runner  # noqa: E402
+from sweeps.config import SweepConfig, add_arguments, sweep_from_args, trial_base  # noqa: E402
+
+
+def spend_space(sweep: SweepConfig, parent_run_id: str | None) -> dict:
+    from ray import tune
+
+    return {**trial_base(sweep, parent_run_id),
+            "ticket": tune.grid_search([to_dict(t) for t in sweep.tickets()]),
+            "level": tune.grid_search(list(sweep.spend_levels)),
+            "tweaks": tune.grid_search([to_dict(c) for c in sweep.combos]),
+            "seed": tune.grid_search(list(sweep.seeds))}
+
+
+def summary_table(results) -> str:
+    """Mean test accuracy per tweak (rows) and level (columns)."""
+    from collections import defaultdict
+
+    from trainables.common import spend_from_trial
+
+    cells: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for r in results:
+        spend = spend_from_trial(r.config)
+        cells[(spend.tweaks.describe(), spend.level)].append(r.metrics["best_test_acc"])
+    levels = sorted({lv for _, lv in cells})
+    tweaks = sorted({t for t, _ in cells}, key=lambda t: (t != "vanilla", t))
+    width = max(len(t) for t in tweaks)
+    lines = [f"{'test acc':<{width}}  " + "  ".join(f"{'L' + str(lv):>7}" for lv in levels)]
+    for t in tweaks:
+        row = [sum(cells[(t, lv)]) / len(cells[(t, lv)]) if cells[(t, lv)] else None for lv in levels]
+        lines.append(f"{t:<{width}}  " + "  ".join(f"{v:>7.2%}" if v is not None else f"{'-':>7}" for v in row))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    sweep = sweep_from_args(args)
+    trials = len(sweep.spends())
+    print(runner.plan_text(sweep, trials, "grid"), file=sys.stderr)
+    if args.dry_run:
+        return 0
+    runner.check_tracking(sweep.tracking_uri)
+    runner.init_ray(sweep)
+    runner.check_resources(sweep)
+    parent = runner.start_parent_run(sweep, args.preset, "grid")
+    status = "FAILED"
+    try:
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+
+        from trainables.spend import spend_trainable
+
+        runner.draw_stage(sweep, parent)
+        scheduler = (ASHAScheduler(time_attr="epoch", grace_period=sweep.asha_grace_epochs,
+                                   max_t=(sweep.spend_recipe or sweep.ticket.recipe).epochs)
+                     if sweep.asha else None)
+        tune_config = tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler,
+                                      max_concurrent_trials=sweep.max_concurrent or None, reuse_actors=True)
+        results = runner.run_tuner(f"{sweep.name}-spends", spend_trainable, sweep, spend_space(sweep, parent),
+                                   tune_config)
+        status = "FINISHED"
+    finally:
+        runner.finish_parent_run(sweep, parent, status)
+    print(summary_table(results))
+    print(f"\nsweep {sweep.name!r} finished in {runner.elapsed(started)}: {trials} trials.\n"
+          f"MLflow UI: {runner.mlflow_ui_hint(sweep)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return runner.main_guard(lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

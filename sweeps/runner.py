@@ -1,0 +1,165 @@
+"""What both sweep entry points share: Ray start-up, MLflow parent run, the draw stage,
+resource checks, restorable Tuners and the closing summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from lth_core.config import ConfigError, to_dict
+from sweeps.config import SweepConfig, trial_base
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot start or did not finish; the message says what to do."""
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Fail before any trial starts when an MLflow server cannot be reached."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status != 200:
+                raise SweepError(f"MLflow server {uri} answered {response.status} on /health")
+    except (urllib.error.URLError, OSError) as e:
+        raise SweepError(f"cannot reach the MLflow tracking server at {uri} ({e}); start it "
+                         "(`mlflow server --host 127.0.0.1 --port 5000`) or pass --tracking-uri "
+                         "sqlite:///mlflow.db for a local store") from None
+
+
+def start_parent_run(sweep: SweepConfig, preset: str, kind: str, extra_tags: dict[str, str] | None = None) -> str:
+    """The sweep's parent run; a rerun of the same sweep (a restore) reuses it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sweep.tracking_uri)
+    experiment = client.get_experiment_by_name(sweep.name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep.name)
+    found = client.search_runs([experiment_id], filter_string=f"tags.stage = 'sweep' and tags.kind = '{kind}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    tags = {"stage": "sweep", "sweep_name": sweep.name, "preset": preset, "kind": kind, **(extra_tags or {})}
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+        return run_id
+    run = client.create_run(experiment_id, tags=tags, run_name="sweep")
+    client.log_dict(run.info.run_id, to_dict(sweep), "sweep_config.json")
+    return run.info.run_id
+
+
+def finish_parent_run(sweep: SweepConfig, run_id: str, status: str) -> None:
+    """Close the parent run; child runs a scheduler stopped early are marked KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sweep.tracking_uri)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    for child in client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}' "
+                                    "and attributes.status = 'RUNNING'"):
+        client.set_terminated(child.info.run_id, status="KILLED")
+    client.set_terminated(run_id, status=status)
+
+
+def init_ray(sweep: SweepConfig) -> None:
+    """In-process Ray for 'local' (never a foreign cluster by accident), else join the given one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if sweep.ray_address == "local":
+        ray.init(address="local", num_cpus=sweep.num_cpus or None, include_dashboard=False,
+                 log_to_driver=False, configure_logging=True, logging_level="WARNING")
+    else:
+        ray.init(address=sweep.ray_address, log_to_driver=False)
+
+
+def check_resources(sweep: SweepConfig) -> None:
+    """A GPU request on a cluster without GPUs would leave trials PENDING forever: fail now."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if sweep.gpus_per_trial > gpus:
+        raise SweepError(f"each trial asks for {sweep.gpus_per_trial:g} GPU but the Ray cluster has {gpus:g}; "
+                         "set --gpus-per-trial 0 to run on CPUs, or add GPU workers")
+    if sweep.cpus_per_trial > cpus:
+        raise SweepError(f"each trial asks for {sweep.cpus_per_trial:g} CPUs but the Ray cluster has {cpus:g}; "
+                         "lower --cpus-per-trial")
+
+
+def resources(sweep: SweepConfig) -> dict[str, float]:
+    return {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial}
+
+
+def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: dict[str, Any],
+              tune_config: Any = None) -> Any:
+    """Fit a Tuner, or restore it when a run of the same name exists: finished trials are kept,
+    unfinished and errored ones resume from their last checkpoint."""
+    from ray import tune
+
+    path = f"{sweep.results_dir.rstrip('/')}/{name}"
+    wrapped = tune.with_resources(trainable, resources(sweep))
+    if tune.Tuner.can_restore(path):
+        print(f"restoring {name} from {path}", file=sys.stderr)
+        tuner = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space, resume_errored=True)
+    else:
+        tuner = tune.Tuner(wrapped, param_space=param_space, tune_config=tune_config or tune.TuneConfig(),
+                           run_config=tune.RunConfig(name=name, storage_path=sweep.results_dir, verbose=1,
+                                                     failure_config=tune.FailureConfig(max_failures=2)))
+    results = tuner.fit()
+    errors = [r for r in results if r.error is not None]
+    if errors:
+        raise SweepError(f"{len(errors)} of {len(results)} trials of {name} failed; first error:\n{errors[0].error}\n"
+                         f"Fix the cause and rerun the same command: finished trials are kept.")
+    return results
+
+
+def draw_stage(sweep: SweepConfig, parent_run_id: str | None) -> None:
+    """Stage 1: every distinct ticket is drawn once (a no-op for tickets already in the store)."""
+    from ray import tune
+
+    from trainables.draw import draw_trainable
+
+    space = {**trial_base(sweep, parent_run_id),
+             "ticket": tune.grid_search([to_dict(t) for t in sweep.tickets()])}
+    run_tuner(f"{sweep.name}-draws", draw_trainable, sweep, space)
+
+
+def plan_text(sweep: SweepConfig, trials: int, kind: str) -> str:
+    tickets = sweep.tickets()
+    lines = [f"sweep {sweep.name!r} ({kind})",
+             f"  draws:   {len(tickets)} ticket(s): " + ", ".join(
+                 f"{t.key} ({t.data.name}, {t.model.arch} x{t.model.width:g}, seed {t.seed}, "
+                 f"{t.num_levels} {t.pruning.method.upper()} levels, {t.recipe.epochs} epochs each)" for t in tickets),
+             f"  levels:  {', '.join(str(lv) for lv in sweep.spend_levels)}",
+             f"  trials:  {trials}",
+             f"  per trial: {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU"
+             + (f", at most {sweep.max_concurrent} at once" if sweep.max_concurrent else ""),
+             f"  store:   {sweep.store}",
+             f"  mlflow:  {sweep.tracking_uri} (experiment {sweep.name!r})",
+             f"  ray:     {sweep.ray_address}, results in {sweep.results_dir}"]
+    return "\n".join(lines)
+
+
+def mlflow_ui_hint(sweep: SweepConfig) -> str:
+    if sweep.tracking_uri.startswith(("http://", "https://")):
+        return f"open {sweep.tracking_uri} and pick the experiment {sweep.name!r}"
+    return f"mlflow ui --backend-store-uri {sweep.tracking_uri}  # then open http://127.0.0.1:5000"
+
+
+def main_guard(run: Callable[[], int]) -> int:
+    """Turn configuration and sweep errors into one clear line and exit status 2."""
+    try:
+        return run()
+    except (ConfigError, SweepError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def elapsed(started: float) -> str:
+    return f"{time.perf_counter() - started:.0f} s"
