@@ -227,10 +227,16 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
 
     config = spend_from_args(args)
     out = Path(args.out or f"analysis/{config.key}")
-    result = analyze_spend(config, _store(args), out, activations=args.compare_activations.split(","),
-                           threshold=args.threshold, top_k=args.top_k, grid=args.grid)
+    progress = StageProgress(default_epochs=config.train_recipe.epochs)
+    try:
+        result = analyze_spend(config, _store(args), out, activations=tuple(args.compare_activations.split(",")),
+                               threshold=args.threshold, top_k=args.top_k, grid=args.grid, batches=args.batches,
+                               on_stage_epoch=progress)
+    finally:
+        progress.close()
     print(result["table"], file=sys.stderr)
-    return result
+    print(f"eigenvalues: {result['hessian']['eigenvalues']}; plots and arrays in {out}", file=sys.stderr)
+    return {k: v for k, v in result.items() if k != "table"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=1e-3, help="|a| below which an activation counts as zero")
     p.add_argument("--top-k", type=int, default=1, help="number of top Hessian eigenvalues")
     p.add_argument("--grid", type=int, default=11, help="points per axis of the loss landscape")
+    p.add_argument("--batches", type=int, default=4,
+                   help="train batches for the Hessian and landscape, test batches for activations")
     p.set_defaults(run=cmd_analyze)
     return parser
 

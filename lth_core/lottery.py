@@ -53,7 +53,7 @@ def spend_dir(spend: SpendConfig) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset_on(data: DataConfig, device: torch.device) -> Dataset:
+def dataset_on(data: DataConfig, device: torch.device) -> Dataset:
     """Each worker reads and moves a data set once, however many trials it runs."""
     return load_dataset(data).to(device)
 
@@ -111,7 +111,7 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
     folder = ticket_dir(ticket)
     store.write_json(f"{folder}/config.json", {"key": ticket.key, "config": to_dict(ticket)})
     runtime = Runtime.resolve(ticket.recipe)
-    dataset = _dataset_on(ticket.data, runtime.device)
+    dataset = dataset_on(ticket.data, runtime.device)
 
     dense_metrics = _read_if_valid(store.read_json, f"{folder}/dense/metrics.json")
     if dense_metrics is None:
@@ -214,13 +214,13 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: Callable[[Epoch
     """
     result_path = f"{spend_dir(spend)}/result.json"
     cached = _read_if_valid(store.read_json, result_path)
-    if cached is not None:
+    if cached is not None and store.exists(f"{spend_dir(spend)}/final.safetensors"):
         return cached
     draw_summary = draw(spend.ticket, store, on_stage_epoch)
     started = time.perf_counter()
     recipe = spend.train_recipe
     runtime = Runtime.resolve(recipe)
-    dataset = _dataset_on(spend.ticket.data, runtime.device)
+    dataset = dataset_on(spend.ticket.data, runtime.device)
     model, mask = prepare_spend_model(spend, store, runtime, dataset)
     tweaks = spend.tweaks
     teacher = _teacher_for(spend, store, runtime, dataset) if tweaks.kd is not None else None

@@ -1,0 +1,62 @@
+"""Analyse spent tickets from the artifact store: the glue behind `python -m lth_core analyze`.
+
+The spend named by the config is analysed in full (activation sparsity, Hessian
+eigenvalues, loss landscape); the same spend with each activation in
+`activations` is spent too (cached in the store) so the activation-sparsity
+table compares them side by side, as the paper's Table A1 does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lth_core.analysis import activation_sparsity, format_table, plot_activation_sparsity, run_all
+from lth_core.config import SpendConfig, replace
+from lth_core.data import Dataset, iterate_batches
+from lth_core.lottery import StageCallback, dataset_on, prepare_spend_model, spend, spend_dir
+from lth_core.masks import Mask
+from lth_core.store import ArtifactStore
+from lth_core.training import Runtime
+
+
+def load_spent_model(config: SpendConfig, store: ArtifactStore, on_stage_epoch: StageCallback | None = None
+                     ) -> tuple[nn.Module, Mask | None, Dataset]:
+    """Spend (or read back) `config` and return its trained model in eval mode, its mask and data."""
+    spend(config, store, on_stage_epoch=on_stage_epoch)
+    runtime = Runtime.resolve(config.train_recipe)
+    dataset = dataset_on(config.ticket.data, runtime.device)
+    model, mask = prepare_spend_model(config, store, runtime, dataset)
+    model.load_state_dict(store.read_tensors(f"{spend_dir(config)}/final.safetensors", device=runtime.device))
+    return model.eval(), mask, dataset
+
+
+def analyze_spend(config: SpendConfig, store: ArtifactStore, out_dir: Path, *,
+                  activations: tuple[str, ...] = ("relu", "swish"), threshold: float = 1e-3, top_k: int = 1,
+                  grid: int = 11, batches: int = 4, batch_size: int = 128,
+                  on_stage_epoch: StageCallback | None = None) -> dict[str, Any]:
+    """Run every analysis on `config`'s spent model (`batches` train batches for the Hessian and the
+    landscape, `batches` test batches for activations) and compare activation sparsity across
+    `activations`. Writes plots, arrays and `analysis.json` into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, mask, dataset = load_spent_model(config, store, on_stage_epoch)
+    train = list(itertools.islice(iterate_batches(dataset, "train", batch_size), batches))
+    test = list(itertools.islice(iterate_batches(dataset, "test", batch_size), batches))
+    result = run_all(model, train, test, mask=mask, out_dir=out_dir, threshold=threshold, k=top_k, grid=grid,
+                     seed=config.seed)
+
+    compared = {config.tweaks.activation: activation_sparsity(model, test, threshold)}
+    for name in activations:
+        if name not in compared:
+            other, _, _ = load_spent_model(replace(config, **{"tweaks.activation": name}), store, on_stage_epoch)
+            compared[name] = activation_sparsity(other, test, threshold)
+    result["table"] = format_table(compared)
+    result["activation_comparison"] = {name: r.to_dict() for name, r in compared.items()}
+    result["activation_comparison_png"] = str(plot_activation_sparsity(compared, out_dir / "activation_sparsity.png"))
+    result["spend_key"] = config.key
+    (out_dir / "analysis.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+    return result
