@@ -4,8 +4,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# One OpenMP thread per process: on few cores, spinning threads of concurrent trials slow
+# small models down by orders of magnitude. Ray gives each trial its own thread count.
+export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test sweep demo report bench clean
+.PHONY: setup test sweep optuna report bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,16 +18,20 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
+	$(PY) tests/chromium.py
 	$(PY) -m pytest
 
 sweep: setup
-	$(PY) -m lth_core draw --width 0.25 --epochs 8 --levels 5 --batch-size 64
-	$(PY) -m lth_core spend --width 0.25 --epochs 8 --levels 5 --batch-size 64 --level 5
+	$(PY) sweeps/full_grid.py --preset smoke
 
-demo: sweep
+optuna: setup
+	$(PY) sweeps/optuna_search.py --preset smoke
+
+report: setup
+	$(PY) -m dashboards.report --experiment smoke
 
 bench: setup
 	$(PY) benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache
+	rm -rf $(VENV) artifacts reports analysis mlflow.db optuna.db .pytest_cache

@@ -1,0 +1,314 @@
+"""Pure pandas: from the trials table (see collect.py) to the paper's comparisons.
+
+No MLflow here, so every number the report shows can be checked on a hand-made frame.
+Accuracies stay fractions; gains are in percentage points; sparsities are fractions.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+VANILLA = "vanilla"
+SETTING_PARAMS = ["dataset", "arch", "width", "prune_method"]
+POINT_KEYS = ["setting", "tweak", "base_tweak", "rewind_epoch", "level"]
+EPS = 1e-12  # accuracies equal up to float noise count as equal
+
+
+def _col(frame: pd.DataFrame, name: str, default) -> pd.Series:
+    return frame[name] if name in frame.columns else pd.Series(default, index=frame.index)
+
+
+def setting_of(frame: pd.DataFrame) -> pd.Series:
+    """A label for the ticket family (dataset, arch, width, pruning): runs of different
+    families never share a curve."""
+    def label(row) -> str:
+        parts = [f"w{row[p]:g}" if p == "width" and isinstance(row[p], numbers.Number) else str(row[p])
+                 for p in SETTING_PARAMS if p in row.index and pd.notna(row[p])]
+        return " ".join(parts) or "all runs"
+    if frame.empty:
+        return pd.Series([], index=frame.index, dtype=object)
+    return frame.apply(label, axis=1).astype(object)
+
+
+def base_tweak(tweak: str) -> str:
+    """The tweak label without its rewinding part: 'swish+rewind33' -> 'swish'."""
+    rest = re.sub(r"(^|\+)rewind\d+", "", str(tweak)).strip("+")
+    return rest or VANILLA
+
+
+def ticket_of(frame: pd.DataFrame) -> pd.Series:
+    """Which drawn ticket a run belongs to; the seed stands in when ticket_key is absent."""
+    return _col(frame, "ticket_key", None).fillna("seed" + _col(frame, "seed", 0).astype(str)).astype(object)
+
+
+def spend_points(trials: pd.DataFrame) -> pd.DataFrame:
+    """Finished spend runs with a final test_acc, one per spend_key (the latest)."""
+    spend = trials[(trials["stage"] == "spend") & trials["final"].astype(bool)
+                   & _col(trials, "test_acc", np.nan).notna()].copy()
+    spend = spend.sort_values("start_time")
+    keyed = spend["spend_key"].notna()
+    spend = pd.concat([spend[keyed].drop_duplicates("spend_key", keep="last"), spend[~keyed]])
+    out = pd.DataFrame({
+        "setting": setting_of(spend),
+        "tweak": spend["tweak"].fillna(VANILLA).astype(object),
+        "rewind_epoch": _col(spend, "rewind_epoch", 0).fillna(0).astype("int64"),
+        "level": _col(spend, "level", 0).fillna(0).astype("int64"),
+        "sparsity": _col(spend, "sparsity", np.nan).astype("float64"),
+        "seed": _col(spend, "seed", 0).fillna(0).astype("int64"),
+        "ticket": ticket_of(spend),
+        "test_acc": _col(spend, "test_acc", np.nan).astype("float64"),
+        "device_seconds": _col(spend, "device_seconds", np.nan).astype("float64"),
+    }, index=spend.index)
+    out.insert(2, "base_tweak", out["tweak"].map(base_tweak).astype(object))
+    return out.reset_index(drop=True)
+
+
+def ci_halfwidth(std: pd.Series, n: pd.Series) -> pd.Series:
+    """Half-width of the t-based 95% interval of a mean; NaN for a single seed."""
+    n = n.astype("float64")
+    t = pd.Series(np.where(n >= 2, stats.t.ppf(0.975, np.maximum(n - 1, 1)), np.nan), index=n.index)
+    return t * std / np.sqrt(n)
+
+
+def _mean_ci(group: pd.api.typing.DataFrameGroupBy, column: str) -> pd.DataFrame:
+    agg = group[column].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
+    half = ci_halfwidth(agg["std"], agg["n"])
+    agg["ci_low"], agg["ci_high"] = agg["mean"] - half, agg["mean"] + half
+    return agg
+
+
+def summarize(points: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and 95% interval of test_acc over seeds per (combination, level)."""
+    columns = POINT_KEYS + ["sparsity", "mean", "std", "n", "ci_low", "ci_high",
+                            "device_seconds", "device_seconds_total"]
+    if points.empty:
+        return pd.DataFrame(columns=columns)
+    group = points.groupby(POINT_KEYS)
+    out = _mean_ci(group, "test_acc")
+    out["sparsity"] = group["sparsity"].mean()
+    out["device_seconds"] = group["device_seconds"].mean()
+    out["device_seconds_total"] = group["device_seconds"].sum(min_count=1)
+    return out.reset_index()[columns].sort_values(["setting", "tweak", "sparsity"]).reset_index(drop=True)
+
+
+def dense_reference(trials: pd.DataFrame) -> pd.DataFrame:
+    """Dense accuracy per setting over tickets (one per seed): the draw's dense_test_acc, or
+    for a ticket without a draw run the dense_test_acc its spend runs carry."""
+    columns = ["setting", "dense_mean", "dense_std", "n_tickets", "source"]
+    runs = trials[trials["stage"].isin(["draw", "spend"]) & _col(trials, "dense_test_acc", np.nan).notna()]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    runs = runs.assign(setting=setting_of(runs), ticket=ticket_of(runs),
+                       from_draw=runs["stage"] == "draw").sort_values(["from_draw", "start_time"])
+    per_ticket = runs.drop_duplicates(["setting", "ticket"], keep="last")
+    group = per_ticket.groupby("setting")
+    out = pd.DataFrame({
+        "dense_mean": group["dense_test_acc"].mean(),
+        "dense_std": group["dense_test_acc"].std(),
+        "n_tickets": group["dense_test_acc"].count(),
+        "source": group["from_draw"].agg(lambda d: "draw run" if d.all() else
+                                         ("spend runs' dense_test_acc" if not d.any() else "draw and spend runs")),
+    })
+    return out.reset_index()[columns]
+
+
+def vanilla_baseline(summary: pd.DataFrame, trials: pd.DataFrame, draw_levels: pd.DataFrame) -> pd.DataFrame:
+    """Vanilla LTH per (setting, level): the grid's `vanilla` spend runs where they exist, else
+    the draw's per-level vanilla_test_acc (from the draw run, or as copied onto spend runs)."""
+    columns = ["setting", "level", "sparsity", "mean", "std", "n", "ci_low", "ci_high", "source"]
+    levels = summary[["setting", "level", "sparsity"]].groupby(["setting", "level"], as_index=False).mean()
+    from_spend = summary[summary["tweak"] == VANILLA].assign(source="vanilla spend runs")
+    from_spend = from_spend[columns]
+
+    # Per (ticket, level) values the draw reported: its step series, else the spend runs' copy.
+    draws = trials[trials["stage"] == "draw"]
+    draws = pd.DataFrame({"run_id": draws["run_id"], "setting": setting_of(draws), "ticket": ticket_of(draws)})
+    series = draw_levels.merge(draws, on="run_id")[["setting", "ticket", "level", "vanilla_test_acc"]]
+    spends = trials[(trials["stage"] == "spend") & _col(trials, "vanilla_test_acc", np.nan).notna()]
+    copies = pd.DataFrame({"setting": setting_of(spends), "ticket": ticket_of(spends),
+                           "level": _col(spends, "level", 0), "vanilla_test_acc": _col(spends, "vanilla_test_acc", np.nan)})
+    per_ticket = pd.concat([series.assign(rank=0), copies.assign(rank=1)]).dropna(subset=["vanilla_test_acc"])
+    per_ticket = per_ticket.sort_values("rank").drop_duplicates(["setting", "ticket", "level"])
+    if per_ticket.empty:
+        from_draw = pd.DataFrame(columns=columns)
+    else:
+        per_ticket["level"] = per_ticket["level"].astype("int64")
+        from_draw = _mean_ci(per_ticket.groupby(["setting", "level"]), "vanilla_test_acc").reset_index()
+        from_draw = from_draw.merge(levels, on=["setting", "level"]).assign(source="draw run")[columns]
+
+    out = pd.concat([d for d in (from_spend, from_draw) if not d.empty] or [pd.DataFrame(columns=columns)])
+    out = out.drop_duplicates(["setting", "level"], keep="first")
+    out = out.merge(levels[["setting", "level"]], on=["setting", "level"])
+    return out.sort_values(["setting", "level"]).reset_index(drop=True)[columns]
+
+
+def gains(summary: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """Mean test accuracy minus vanilla LTH at the same level, in percentage points
+    (NaN where the level has no vanilla accuracy)."""
+    tweaks = summary[summary["tweak"] != VANILLA]
+    base = baseline[["setting", "level", "mean"]].rename(columns={"mean": "vanilla_mean"})
+    out = tweaks.merge(base, on=["setting", "level"], how="left")
+    out["gain_pp"] = 100 * (out["mean"] - out["vanilla_mean"])
+    return out[["setting", "tweak", "level", "sparsity", "mean", "vanilla_mean", "gain_pp"]]
+
+
+def matrix(frame: pd.DataFrame, value: str) -> pd.DataFrame:
+    """tweak x sparsity (in %, one decimal) table of `value`, for heat maps."""
+    if frame.empty:
+        return pd.DataFrame()
+    table = frame.assign(sparsity_pct=(100 * frame["sparsity"]).round(1))
+    return table.pivot_table(index="tweak", columns="sparsity_pct", values=value, aggfunc="mean", dropna=False)
+
+
+def frontier(summary: pd.DataFrame, dense: pd.DataFrame) -> pd.DataFrame:
+    """Winning-ticket frontier: per combination, the highest sparsity whose mean accuracy is
+    at least the dense one, less one seed std when several seeds exist (the dense std over
+    tickets, else the point's own std over seeds)."""
+    columns = ["setting", "tweak", "frontier_sparsity", "frontier_level", "matched_levels",
+               "dense_mean", "tolerance", "note"]
+    rows = []
+    for (setting, tweak), points in summary.groupby(["setting", "tweak"]):
+        ref = dense[dense["setting"] == setting]
+        row = {"setting": setting, "tweak": tweak, "frontier_sparsity": np.nan, "frontier_level": pd.NA,
+               "matched_levels": "", "dense_mean": np.nan, "tolerance": "", "note": ""}
+        if ref.empty:
+            rows.append({**row, "note": "no dense accuracy logged"})
+            continue
+        dense_mean, dense_std, n_tickets = ref.iloc[0][["dense_mean", "dense_std", "n_tickets"]]
+        if n_tickets >= 2:
+            tol, row["tolerance"] = pd.Series(dense_std, index=points.index), f"dense std over {n_tickets} seeds"
+        else:
+            tol = points["std"].where(points["n"] >= 2, 0.0).fillna(0.0)
+            row["tolerance"] = "trial std over seeds" if (points["n"] >= 2).any() else "none (single seed)"
+        matched = points[points["mean"] >= dense_mean - tol - EPS].sort_values("sparsity")
+        row["dense_mean"] = dense_mean
+        row["matched_levels"] = ", ".join(str(int(k)) for k in matched["level"])
+        if matched.empty:
+            row["note"] = "below the dense accuracy at every sparsity"
+        else:
+            row["frontier_sparsity"], row["frontier_level"] = matched["sparsity"].iloc[-1], int(matched["level"].iloc[-1])
+            if matched["sparsity"].iloc[-1] >= points["sparsity"].max():
+                row["note"] = "matches at the highest sparsity measured"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def critical_sparsity(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per combination from init (rewind_epoch 0) against the same tweak with weight
+    rewinding (plain rewinding when the grid lacks that pair, as in the paper's Figure 4b):
+    the lowest sparsity from which rewinding stays ahead."""
+    columns = ["setting", "from_init", "rewound", "levels_compared", "critical_sparsity", "note"]
+    rows = []
+    for setting, sub in summary.groupby("setting"):
+        tweaks = sub.drop_duplicates("tweak").set_index("tweak")
+        init = tweaks[tweaks["rewind_epoch"] == 0]
+        rewound = tweaks[tweaks["rewind_epoch"] > 0]
+        for tweak, base in init["base_tweak"].items():
+            same = rewound[rewound["base_tweak"] == base]
+            plain = rewound[rewound["base_tweak"] == VANILLA]
+            partners = same.index.tolist() or plain.index.tolist()
+            for partner in partners:
+                rows.append({"setting": setting, "from_init": tweak, "rewound": partner,
+                             **_crossing(sub[sub["tweak"] == tweak], sub[sub["tweak"] == partner])})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _crossing(init: pd.DataFrame, rewound: pd.DataFrame) -> dict:
+    both = init.merge(rewound, on="level", suffixes=("_init", "_rew")).sort_values("sparsity_init")
+    out = {"levels_compared": len(both), "critical_sparsity": np.nan}
+    if both.empty:
+        return {**out, "note": "no level in common"}
+    ahead = (both["mean_rew"] > both["mean_init"] + EPS).to_numpy()
+    if ahead.all():
+        return {**out, "note": "rewinding ahead at every sparsity measured: no crossing"}
+    if not ahead[-1]:
+        never = "never ahead" if not ahead.any() else "not ahead at the highest sparsity"
+        return {**out, "note": f"rewinding {never}: no crossing"}
+    start = len(ahead) - int(np.argmin(ahead[::-1]))  # first index of the final run of True
+    return {**out, "critical_sparsity": float(both["sparsity_init"].iloc[start]), "note": ""}
+
+
+def cost_by_tweak(summary: pd.DataFrame) -> pd.DataFrame:
+    """Device time per combination: trials run, total and per-trial device hours."""
+    if summary.empty:
+        return pd.DataFrame(columns=["setting", "tweak", "trials", "device_hours", "hours_per_trial"])
+    group = summary.groupby(["setting", "tweak"])
+    out = pd.DataFrame({"trials": group["n"].sum(),
+                        "device_hours": group["device_seconds_total"].sum(min_count=1) / 3600})
+    out["hours_per_trial"] = out["device_hours"] / out["trials"]
+    return out.reset_index()
+
+
+@dataclass
+class Analysis:
+    """Everything the report shows, plus notes on what is missing."""
+
+    points: pd.DataFrame
+    summary: pd.DataFrame
+    dense: pd.DataFrame
+    baseline: pd.DataFrame
+    gains: pd.DataFrame
+    frontier: pd.DataFrame
+    critical: pd.DataFrame
+    cost: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def settings(self) -> list[str]:
+        return sorted(self.summary["setting"].unique())
+
+
+def analyze(trials: pd.DataFrame, draw_levels: pd.DataFrame) -> Analysis:
+    points = spend_points(trials)
+    summary = summarize(points)
+    dense = dense_reference(trials)
+    baseline = vanilla_baseline(summary, trials, draw_levels)
+    result = Analysis(points=points, summary=summary, dense=dense, baseline=baseline,
+                      gains=gains(summary, baseline), frontier=frontier(summary, dense),
+                      critical=critical_sparsity(summary), cost=cost_by_tweak(summary))
+    result.notes = sweep_notes(trials, result)
+    return result
+
+
+def sweep_notes(trials: pd.DataFrame, result: Analysis) -> list[str]:
+    """Plain sentences on what is running, failed or missing, for the top of the report."""
+    notes = []
+    runs = trials[trials["stage"].isin(["draw", "spend"])]
+    running = runs[runs["status"].isin(["RUNNING", "SCHEDULED"])]
+    if len(running):
+        notes.append(f"The sweep is still running: {len(running)} run(s) have status RUNNING/SCHEDULED; "
+                     "they are left out until they finish.")
+    unfinished = runs[(runs["stage"] == "spend") & (runs["status"] == "FINISHED") & ~runs["final"].astype(bool)]
+    if len(unfinished):
+        notes.append(f"{len(unfinished)} finished spend run(s) have no final metrics (best_val_acc) and are left out.")
+    failed = runs[runs["status"].isin(["FAILED", "KILLED"])]
+    if len(failed):
+        names = [f"{t} level {lv}" for t, lv in zip(failed["tweak"].fillna(failed["stage"]),
+                                                    _col(failed, "level", pd.NA))]
+        more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+        notes.append(f"{len(failed)} run(s) FAILED or were KILLED ({', '.join(names[:5])}{more}); "
+                     "they are left out.")
+    if result.summary.empty:
+        notes.append("No finished spend run yet: there is nothing to plot.")
+        return notes
+    if (trials["stage"] == "draw").sum() == 0:
+        notes.append("No draw run in this experiment: the dense and vanilla LTH accuracies come from the "
+                     "dense_test_acc / vanilla_test_acc metrics of the spend runs.")
+    if result.summary["n"].max() < 2:
+        notes.append("A single seed per point: no confidence intervals, and the frontier compares with the "
+                     "dense accuracy without a tolerance.")
+    if result.dense.empty:
+        notes.append("No dense accuracy logged: no dense line and no winning-ticket frontier.")
+    covered = set(zip(result.baseline["setting"], result.baseline["level"]))
+    missing = result.summary.drop_duplicates(["setting", "level"])
+    missing = missing[[(s, lv) not in covered for s, lv in zip(missing["setting"], missing["level"])]]
+    if len(missing):
+        where = ", ".join(f"level {lv} ({100 * sp:.1f}%)" for lv, sp in zip(missing["level"], missing["sparsity"]))
+        notes.append(f"No vanilla LTH accuracy at {where}: the gains there are left blank.")
+    return notes

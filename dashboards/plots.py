@@ -1,0 +1,197 @@
+"""matplotlib (Agg) figures for the report, each written as a PNG; every function returns the
+path it wrote, or None when there is nothing to draw."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
+
+from .analysis import VANILLA  # noqa: E402
+
+DPI = 100
+BASE_COLOR, DENSE_COLOR = "black", "tab:gray"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _to_density(x):
+    return -np.log10(np.clip(1 - np.asarray(x, dtype=float) / 100, 1e-6, None))
+
+
+def _from_density(y):
+    return 100 * (1 - 10 ** (-np.asarray(y, dtype=float)))
+
+
+def sparsity_axis(ax, sparsities_pct) -> None:
+    """Log of the remaining weights, as LTH plots do, so 90% .. 97% do not bunch up."""
+    ax.set_xscale("function", functions=(_to_density, _from_density))
+    ticks = sorted({round(float(s), 1) for s in sparsities_pct if pd.notna(s)})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks], rotation=45 if len(ticks) > 6 else 0)
+    ax.set_xlabel("sparsity (%)")
+
+
+def _curve(ax, frame: pd.DataFrame, label: str, color, marker="o", linestyle="-", band: bool = True) -> None:
+    frame = frame.sort_values("sparsity")
+    x = 100 * frame["sparsity"]
+    ax.plot(x, 100 * frame["mean"], marker=marker, linestyle=linestyle, color=color, label=label, ms=4)
+    if band and frame["n"].max() >= 2:
+        ax.fill_between(x, 100 * frame["ci_low"], 100 * frame["ci_high"], color=color, alpha=0.15, lw=0)
+
+
+def _dense_line(ax, dense: pd.Series | None) -> None:
+    if dense is None:
+        return
+    mean = 100 * dense["dense_mean"]
+    ax.axhline(mean, color=DENSE_COLOR, linestyle="--", lw=1, label="dense")
+    if dense["n_tickets"] >= 2 and pd.notna(dense["dense_std"]):
+        ax.axhspan(mean - 100 * dense["dense_std"], mean + 100 * dense["dense_std"], color=DENSE_COLOR, alpha=0.1, lw=0)
+
+
+def accuracy_panels(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.Series | None,
+                    path: Path, title: str) -> Path | None:
+    """One panel per tweak combination against vanilla LTH and the dense net (Figures 1, 4, 8)."""
+    if summary.empty:
+        return None
+    combos = sorted(t for t in summary["tweak"].unique() if t != VANILLA) or [VANILLA]
+    ncols = min(3, len(combos))
+    nrows = math.ceil(len(combos) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.3 * nrows), sharey=True, squeeze=False)
+    for ax, combo in zip(axes.flat, combos):
+        _dense_line(ax, dense)
+        if not baseline.empty:
+            _curve(ax, baseline, "vanilla LTH", BASE_COLOR, marker="s", linestyle=":")
+        if combo != VANILLA:
+            _curve(ax, summary[summary["tweak"] == combo], combo, "tab:red")
+        sparsity_axis(ax, 100 * summary["sparsity"])
+        ax.set_title(combo, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    for ax in axes.flat[len(combos):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def accuracy_overview(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.Series | None,
+                      path: Path, title: str) -> Path | None:
+    """Every combination on one axis, vanilla LTH in black; no bands, the panels have them."""
+    if summary.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5))
+    _dense_line(ax, dense)
+    if not baseline.empty:
+        _curve(ax, baseline, "vanilla LTH", BASE_COLOR, marker="s", linestyle=":", band=False)
+    combos = sorted(t for t in summary["tweak"].unique() if t != VANILLA)
+    palette = plt.get_cmap("tab10" if len(combos) <= 10 else "tab20")
+    for i, combo in enumerate(combos):
+        _curve(ax, summary[summary["tweak"] == combo], combo, palette(i % palette.N), band=False)
+    sparsity_axis(ax, 100 * summary["sparsity"])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, path)
+
+
+def heatmap(table: pd.DataFrame, path: Path, title: str, colorbar: str, fmt: str = "{:+.2f}",
+            diverging: bool = True) -> Path | None:
+    """Annotated tweak x sparsity grid; blank cells where a value is missing."""
+    if table.empty or table.isna().all().all():
+        return None
+    values = table.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * table.shape[1] + 0.07 * max(len(str(i)) for i in table.index),
+                                    1.2 + 0.45 * table.shape[0]))
+    if diverging:
+        span = np.nanmax(np.abs(values)) or 1.0
+        norm, cmap = TwoSlopeNorm(vmin=-span, vcenter=0, vmax=span), "RdBu"
+    else:
+        norm, cmap = Normalize(np.nanmin(values), np.nanmax(values)), "viridis"
+    image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        # Dark text on light cells: the ends of RdBu are dark, the low end of viridis is.
+        dark_cell = not np.isnan(v) and (abs(norm(v) - 0.5) > 0.3 if diverging else norm(v) < 0.6)
+        ax.text(j, i, "–" if np.isnan(v) else fmt.format(v), ha="center", va="center", fontsize=8,
+                color="white" if dark_cell else "black")
+    ax.set_xticks(range(table.shape[1]), [f"{c:g}" for c in table.columns])
+    ax.set_yticks(range(table.shape[0]), list(table.index))
+    ax.set_xlabel("sparsity (%)")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colorbar)
+    return _save(fig, path)
+
+
+def frontier_plot(frontier: pd.DataFrame, path: Path, title: str) -> Path | None:
+    """Highest sparsity matching the dense accuracy, per combination; vanilla LTH in black."""
+    if frontier.empty or frontier["dense_mean"].isna().all():
+        return None
+    frame = frontier.sort_values("frontier_sparsity", na_position="first")
+    values = (100 * frame["frontier_sparsity"]).fillna(0).to_numpy()
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.4 * len(frame)))
+    colors = [BASE_COLOR if t == VANILLA else "tab:green" for t in frame["tweak"]]
+    ax.barh(range(len(frame)), values, color=colors)
+    for i, (v, s) in enumerate(zip(values, frame["frontier_sparsity"])):
+        ax.text(v + 0.5, i, "none" if pd.isna(s) else f"{v:.1f}%", va="center", fontsize=8)
+    ax.set_yticks(range(len(frame)), list(frame["tweak"]))
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("highest sparsity matching the dense accuracy (%)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def critical_plot(summary: pd.DataFrame, critical: pd.DataFrame, path: Path, title: str) -> Path | None:
+    """From init against weight rewinding, with the critical sparsity marked (Figure 4b)."""
+    if critical.empty:
+        return None
+    ncols = min(3, len(critical))
+    nrows = math.ceil(len(critical) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.3 * nrows), squeeze=False)
+    for ax, (_, pair) in zip(axes.flat, critical.iterrows()):
+        _curve(ax, summary[summary["tweak"] == pair["from_init"]], f"{pair['from_init']} (init)", "tab:purple")
+        _curve(ax, summary[summary["tweak"] == pair["rewound"]], pair["rewound"], "tab:green")
+        if pd.notna(pair["critical_sparsity"]):
+            ax.axvline(100 * pair["critical_sparsity"], color="tab:orange", linestyle="--",
+                       label=f"critical {100 * pair['critical_sparsity']:.1f}%")
+        else:
+            ax.text(0.02, 0.04, pair["note"], transform=ax.transAxes, fontsize=7, wrap=True)
+        sparsity_axis(ax, 100 * summary["sparsity"])
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    for ax in axes.flat[len(critical):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def importance_plot(levels: list, path: Path) -> Path | None:
+    """Optuna parameter importances, one panel per level that has them."""
+    levels = [lv for lv in levels if lv.importances]
+    if not levels:
+        return None
+    fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 0.8 + 0.4 * max(len(lv.importances) for lv in levels)),
+                             squeeze=False)
+    for ax, lv in zip(axes.flat, levels):
+        names = list(lv.importances)[::-1]
+        ax.barh(names, [lv.importances[n] for n in names], color="tab:blue")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"level {lv.level}", fontsize=10)
+        ax.set_xlabel("importance")
+    fig.tight_layout()
+    return _save(fig, path)

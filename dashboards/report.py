@@ -1,0 +1,231 @@
+"""`python -m dashboards.report --experiment NAME`: one sweep's MLflow runs -> report.html,
+PNGs and trials.parquet, attached to the sweep's parent run under `report/`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from . import analysis, collect, html, plots
+from .analysis import Analysis
+from .collect import Sweep
+
+TRIAL_COLUMNS = ["run_id", "stage", "status", "tweak", "level", "sparsity", "seed", "rewind_epoch",
+                 "test_acc", "best_val_acc", "device_seconds"]
+MAX_TRIAL_ROWS = 400
+
+
+@dataclass
+class ReportFiles:
+    html: Path
+    parquet: Path
+    pngs: list[Path] = field(default_factory=list)
+
+
+def _pct(value, digits: int = 1) -> str:
+    return "–" if pd.isna(value) else f"{100 * value:.{digits}f}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """tweak x sparsity cells 'mean ±CI half-width' in %, the way papers print them."""
+    cells = summary.assign(
+        cell=[_pct(m) + ("" if pd.isna(lo) else f" ±{100 * (m - lo):.1f}")
+              for m, lo in zip(summary["mean"], summary["ci_low"])],
+        sparsity_pct=(100 * summary["sparsity"]).round(1))
+    table = cells.pivot_table(index="tweak", columns="sparsity_pct", values="cell", aggfunc="first")
+    table.columns = [f"{c:g}%" for c in table.columns]
+    return table.reset_index()
+
+
+def _setting_sections(result: Analysis, out: Path, sections: dict[str, html.Section]) -> list[Path]:
+    """Figures and tables for each ticket family (most sweeps have one)."""
+    pngs: list[Path] = []
+    several = len(result.settings) > 1
+
+    def png(name: str, setting: str) -> Path:
+        return out / (f"{name}_{_slug(setting)}.png" if several else f"{name}.png")
+
+    def keep(path: Path | None, section: str, alt: str) -> None:
+        if path is not None:
+            pngs.append(path)
+            sections[section].add(html.image(path, alt))
+
+    for setting in result.settings:
+        pick = lambda frame: frame[frame["setting"] == setting]  # noqa: E731
+        summary, baseline, dense = pick(result.summary), pick(result.baseline), pick(result.dense)
+        dense_row = dense.iloc[0] if len(dense) else None
+        heading = f"{setting}: " if several else ""
+        if several:
+            for key in ("accuracy", "gain", "frontier", "cost"):
+                sections[key].add(html.heading(setting))
+
+        acc = sections["accuracy"]
+        if dense_row is not None:
+            acc.add(html.paragraph(f"Dense accuracy {_pct(dense_row['dense_mean'], 2)}% over "
+                                   f"{dense_row['n_tickets']} ticket(s) ({dense_row['source']})."))
+        keep(plots.accuracy_overview(summary, baseline, dense_row, png("accuracy_overview", setting),
+                                     f"{heading}test accuracy vs sparsity"), "accuracy", "all combinations")
+        keep(plots.accuracy_panels(summary, baseline, dense_row, png("accuracy_vs_sparsity", setting),
+                                   f"{heading}each combination vs vanilla LTH"), "accuracy", "per combination")
+        sources = ", ".join(sorted(set(baseline["source"]))) or "none"
+        acc.add(html.paragraph(f"Test accuracy (%), mean ±95% CI half-width over seeds. Vanilla LTH from: {sources}."))
+        acc.add(html.table(accuracy_table(summary)))
+
+        gains = pick(result.gains)
+        gain_matrix = analysis.matrix(gains, "gain_pp")
+        keep(plots.heatmap(gain_matrix, png("gain_heatmap", setting), f"{heading}gain over vanilla LTH",
+                           "percentage points"), "gain", "gain heat map")
+        if gain_matrix.empty:
+            sections["gain"].note("No tweak other than vanilla has finished runs: no gains to show.")
+        else:
+            shown = gain_matrix.map(lambda v: "–" if pd.isna(v) else f"{v:+.2f}")
+            shown.columns = [f"{c:g}%" for c in shown.columns]
+            sections["gain"].add(html.table(shown.reset_index()))
+
+        front, critical = pick(result.frontier), pick(result.critical)
+        keep(plots.frontier_plot(front, png("frontier", setting), f"{heading}winning-ticket frontier"),
+             "frontier", "frontier")
+        sections["frontier"].add(html.table(pd.DataFrame({
+            "combination": front["tweak"], "frontier sparsity (%)": front["frontier_sparsity"].map(_pct),
+            "level": front["frontier_level"], "levels matching dense": front["matched_levels"],
+            "dense acc (%)": front["dense_mean"].map(lambda v: _pct(v, 2)),
+            "tolerance": front["tolerance"], "note": front["note"]})))
+        sections["frontier"].add(html.heading("Critical sparsity: from init vs weight rewinding"))
+        if critical.empty:
+            sections["frontier"].note("No combination was run both from init (rewind_epoch 0) and with "
+                                      "weight rewinding (rewind_epoch > 0): no critical sparsity.")
+        else:
+            keep(plots.critical_plot(summary, critical, png("critical_sparsity", setting),
+                                     f"{heading}from init vs rewinding"), "frontier", "critical sparsity")
+            sections["frontier"].add(html.table(pd.DataFrame({
+                "from init": critical["from_init"], "rewound": critical["rewound"],
+                "levels compared": critical["levels_compared"],
+                "critical sparsity (%)": critical["critical_sparsity"].map(_pct), "note": critical["note"]})))
+
+        if summary["device_seconds"].isna().all():
+            sections["cost"].note("No device_seconds logged.")
+        else:
+            keep(plots.heatmap(analysis.matrix(summary, "device_seconds"), png("cost", setting),
+                               f"{heading}device seconds per trial", "device seconds", fmt="{:.0f}", diverging=False),
+                 "cost", "compute cost")
+            cost = pick(result.cost).drop(columns="setting")
+            sections["cost"].add(html.table(cost.round({"device_hours": 3, "hours_per_trial": 4})))
+    return pngs
+
+
+def _optuna_section(sweep: Sweep, out: Path, section: html.Section) -> list[Path]:
+    if sweep.optuna is None:
+        section.note(sweep.optuna_note or "No Optuna studies.")
+        return []
+    if not sweep.optuna:
+        tags = sweep.parent["tags"]
+        section.note(f"No study named {tags.get('optuna_study_prefix')}-level<k> in {collect.redact(tags.get('optuna_storage', ''))}.")
+        return []
+    section.add(html.table(pd.DataFrame([{
+        "level": lv.level, "study": lv.study, "trials": lv.n_trials, "completed": lv.n_complete,
+        "best value": lv.best_value, "best combination": ", ".join(f"{k}={v}" for k, v in lv.best_params.items()),
+        "note": lv.note or ""} for lv in sweep.optuna])))
+    path = plots.importance_plot(sweep.optuna, out / "optuna_importances.png")
+    if path is None:
+        section.note("No level has parameter importances (they need at least 2 completed trials).")
+        return []
+    section.add(html.image(path, "Optuna parameter importances"))
+    return [path]
+
+
+def _overview(sweep: Sweep, result: Analysis, section: html.Section) -> None:
+    parent = sweep.parent or {}
+    tags = parent.get("tags", {})
+    section.add(html.meta_list({
+        "experiment": sweep.experiment, "tracking URI": sweep.tracking_uri,
+        "parent run": parent.get("run_id", "none (no run tagged stage=sweep)"),
+        "sweep kind": tags.get("kind", "–"), "preset": tags.get("preset", "–"),
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}))
+    if sweep.n_parents > 1:
+        section.note(f"{sweep.n_parents} sweep parent runs in this experiment: the report covers all their "
+                     "trials (the latest run per spend_key) and is attached to the latest parent.")
+    trials = sweep.trials
+    if not trials.empty:
+        counts = pd.crosstab(trials["stage"].fillna("?"), trials["status"])
+        counts.columns.name = None
+        section.add(html.table(counts.reset_index()))
+    for text in result.notes:
+        section.note(text)
+
+
+def _trials_section(trials: pd.DataFrame, section: html.Section) -> None:
+    shown = trials[[c for c in TRIAL_COLUMNS if c in trials.columns]].copy()
+    shown["run_id"] = shown["run_id"].str[:8]
+    section.add(html.table(shown, max_rows=MAX_TRIAL_ROWS))
+
+
+def build_report(sweep: Sweep, out: Path) -> ReportFiles:
+    """Write trials.parquet, the PNGs and report.html into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    parquet = out / "trials.parquet"
+    sweep.trials.to_parquet(parquet, engine="pyarrow", index=False)
+    result = analysis.analyze(sweep.trials, sweep.draw_levels)
+
+    sections = {key: html.Section(key, title) for key, title in [
+        ("overview", "Overview"), ("accuracy", "Accuracy vs sparsity"), ("gain", "Gain over vanilla LTH"),
+        ("frontier", "Winning-ticket frontier"), ("optuna", "Optuna search"), ("cost", "Compute cost"),
+        ("trials", "Trials")]}
+    _overview(sweep, result, sections["overview"])
+    if result.summary.empty:
+        for key in ("accuracy", "gain", "frontier", "cost"):
+            sections[key].note("No finished spend run yet.")
+        pngs = []
+    else:
+        pngs = _setting_sections(result, out, sections)
+    pngs += _optuna_section(sweep, out, sections["optuna"])
+    _trials_section(sweep.trials, sections["trials"])
+
+    page = out / "report.html"
+    page.write_text(html.page(f"Sweep report: {sweep.experiment}", list(sections.values())), encoding="utf-8")
+    return ReportFiles(html=page, parquet=parquet, pngs=pngs)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dashboards.report", description=__doc__)
+    parser.add_argument("--experiment", required=True, help="MLflow experiment (the sweep's name)")
+    parser.add_argument("--tracking-uri", help=f"default: $MLFLOW_TRACKING_URI, else {collect.DEFAULT_TRACKING_URI}")
+    parser.add_argument("--out", type=Path, help="output folder (default reports/<experiment>)")
+    parser.add_argument("--no-log-artifacts", action="store_true",
+                        help="do not attach the report to the sweep's parent run")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    uri = collect.resolve_tracking_uri(args.tracking_uri)
+    try:
+        client = collect.connect(uri)
+        sweep = collect.load_sweep(client, args.experiment)
+    except collect.ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    files = build_report(sweep, args.out or Path("reports") / args.experiment)
+    if not args.no_log_artifacts and sweep.parent is None:
+        print("note: no sweep parent run (tag stage=sweep); the report is not logged to MLflow", file=sys.stderr)
+    elif not args.no_log_artifacts:
+        collect.log_report(client, sweep.parent["run_id"], [files.html, *files.pngs])
+        print(f"logged to run {sweep.parent['run_id']} under report/")
+    print(f"report:  {files.html.resolve()}")
+    print(f"table:   {files.parquet.resolve()}")
+    for path in files.pngs:
+        print(f"figure:  {path.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
