@@ -205,12 +205,15 @@ def _endless_batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[t
 
 def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: Callable[[EpochRecord, Callable[[], dict]], None]
           | None = None, resume: dict[str, Any] | None = None, persist_checkpoints: bool = True,
-          on_stage_epoch: StageCallback | None = None) -> dict[str, Any]:
+          on_stage_epoch: StageCallback | None = None, hessian_every: int = 0,
+          hessian_batches: int = 2) -> dict[str, Any]:
     """Re-train one (ticket, level, tweaks) combination and return its result.
 
     A finished spend is read back from the store. Otherwise the ticket is drawn if needed
     (single-flight through the store's lock), then trained; each epoch's checkpoint goes to the
     store (`persist_checkpoints`) and/or to `on_epoch`, and `resume` continues from one.
+    `hessian_every=N` measures the top Hessian eigenvalue of the masked net every N epochs on
+    `hessian_batches` fixed train batches (the paper's Figure A12): `result["hessian_history"]`.
     """
     result_path = f"{spend_dir(spend)}/result.json"
     cached = _read_if_valid(store.read_json, result_path)
@@ -236,9 +239,21 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: Callable[[Epoch
         batches = _endless_batches(dataset, tweaks.rescale_init.batch_size, spend.seed)
         scales = rescale_init(model, batches, tweaks.rescale_init, mask=mask)  # fp32: it differentiates twice
 
+    tracker = None
+    if hessian_every:
+        from lth_core.analysis.hessian import HessianTracker
+
+        fixed = list(itertools.islice(iterate_batches(dataset, "train", recipe.batch_size), hessian_batches))
+        tracker = HessianTracker(hessian_every, fixed, mask=mask, seed=spend.seed,
+                                 history=[tuple(h) for h in (resume or {}).get("hessian_history", [])])
+
     def checkpoint_epoch(record: EpochRecord, payload: Callable[[], dict[str, Any]]) -> None:
+        if tracker is not None:
+            tracker.maybe_measure(record.epoch, model)
+
         def full_payload() -> dict[str, Any]:
-            return {**payload(), "rescale_scales": scales, "spend_key": spend.key}
+            return {**payload(), "rescale_scales": scales, "spend_key": spend.key,
+                    "hessian_history": [list(h) for h in tracker.history] if tracker else []}
 
         if persist_checkpoints:
             store.write_torch(checkpoint_path, full_payload())
@@ -265,6 +280,7 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: Callable[[Epoch
         "dense_test_acc": draw_summary["dense"]["test_acc"],
         "history": [vars(r) for r in result.history],
         "rescale_scales": scales,
+        "hessian_history": [list(h) for h in tracker.history] if tracker else [],
     }
     store.write_tensors(f"{spend_dir(spend)}/final.safetensors", state_copy(model))
     store.write_json(result_path, out)

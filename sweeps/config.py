@@ -69,6 +69,8 @@ class SweepConfig:
     max_concurrent: int = 0
     asha: bool = False
     asha_grace_epochs: int = 2
+    analyze: bool = False
+    hessian_every: int = 0
     optuna_trials: int = 8
     optuna_storage: str = "sqlite:///optuna.db"
     optuna_space: OptunaSpace = OptunaSpace()
@@ -88,6 +90,8 @@ class SweepConfig:
             raise ConfigError("gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ConfigError("gpus_per_trial", "above 1 must be a whole number of GPUs")
+        if self.hessian_every < 0:
+            raise ConfigError("hessian_every", f"must be >= 0 (0 = off), got {self.hessian_every}")
         if self.optuna_trials < 1:
             raise ConfigError("optuna_trials", f"must be >= 1, got {self.optuna_trials}")
         for spend in self.spends():  # every combination must be a valid spend before anything runs
@@ -175,6 +179,8 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--gpus-per-trial": ("gpus_per_trial", float, "GPUs per trial (0.25 puts four trials on a GPU)"),
     "--max-concurrent": ("max_concurrent", int, "most trials at once (0 = as resources allow)"),
     "--asha": ("asha", "flag", "stop weak combinations early (ASHA on validation accuracy)"),
+    "--analyze": ("analyze", "flag", "log activation sparsity and the top Hessian eigenvalue of every spent ticket"),
+    "--hessian-every": ("hessian_every", int, "track the top Hessian eigenvalue every N epochs of each spend"),
     "--optuna-trials": ("optuna_trials", int, "Optuna trials per level"),
     "--optuna-storage": ("optuna_storage", str, "Optuna RDB storage URL (sqlite default; a database URL on a cluster)"),
 }
@@ -271,5 +277,5 @@ def trial_base(sweep: SweepConfig, parent_run_id: str | None) -> dict[str, Any]:
     """The fixed part of every trial's config (the search varies the rest)."""
     return {"store": sweep.store, "tracking_uri": sweep.tracking_uri if parent_run_id else None,
             "parent_run_id": parent_run_id, "cpus_per_trial": sweep.cpus_per_trial,
-            "gpus_per_trial": sweep.gpus_per_trial,
+            "gpus_per_trial": sweep.gpus_per_trial, "analyze": sweep.analyze, "hessian_every": sweep.hessian_every,
             "spend_recipe": to_dict(sweep.spend_recipe) if sweep.spend_recipe is not None else None}

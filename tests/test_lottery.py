@@ -128,3 +128,11 @@ def test_a_draw_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path
     sa = json.loads((whole / "tickets" / key / "summary.json").read_text())
     sb = json.loads((killed / "tickets" / key / "summary.json").read_text())
     assert [lv["test_acc"] for lv in sa["levels"]] == [lv["test_acc"] for lv in sb["levels"]]
+
+
+def test_hessian_tracking_during_a_spend(drawn):
+    store, ticket, _ = drawn
+    cfg = SpendConfig(ticket=ticket, level=1, seed=5)
+    result = spend(cfg, store, hessian_every=1, hessian_batches=1)
+    assert [epoch for epoch, _ in result["hessian_history"]] == [1, 2]
+    assert all(value > 0 for _, value in result["hessian_history"])

@@ -50,16 +50,22 @@ def spend_trainable(config: dict[str, Any]) -> None:
             best.update(val_acc=record.val_acc, test_acc=record.test_acc)
         metrics = {"epoch": record.epoch, "train_loss": record.train_loss, "val_acc": record.val_acc,
                    "test_acc": record.test_acc}
+        state = payload()
+        hessian = state["hessian_history"]
+        if hessian and hessian[-1][0] == record.epoch:
+            metrics["hessian_top_eigenvalue"] = hessian[-1][1]
         if run is not None:
-            run.log_metrics(metrics | {"lr": record.lr}, step=record.epoch)
+            run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"} | {"lr": record.lr},
+                            step=record.epoch)
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(payload(), Path(folder) / STATE_FILE)
+            torch.save(state, Path(folder) / STATE_FILE)
             tune.report({**metrics, "best_val_acc": best["val_acc"], "best_test_acc": best["test_acc"]},
                         checkpoint=tune.Checkpoint.from_directory(folder))
         reported.append(record.epoch)
 
     try:
-        result = spend(config_obj, store, on_epoch=on_epoch, resume=_resume_state(), persist_checkpoints=False)
+        result = spend(config_obj, store, on_epoch=on_epoch, resume=_resume_state(), persist_checkpoints=False,
+                       hessian_every=int(config.get("hessian_every") or 0))
     except BaseException:
         if run is not None:
             run.finish("FAILED")
@@ -67,6 +73,10 @@ def spend_trainable(config: dict[str, Any]) -> None:
     final = {"best_val_acc": result["best_val_acc"], "test_acc": result["test_acc"],
              "wall_seconds": result["spend_seconds"], "device_seconds": result["spend_seconds"] * share,
              "vanilla_test_acc": result["vanilla_test_acc"], "dense_test_acc": result["dense_test_acc"]}
+    if config.get("analyze"):  # opt-in: activation sparsity and top Hessian eigenvalue of the result
+        from lth_core.analysis.run import spend_metrics
+
+        final |= spend_metrics(config_obj, store)
     if run is not None:
         if not reported:  # a result read back from the store still gets its curves
             for r in result["history"]:

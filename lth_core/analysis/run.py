@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from lth_core.analysis import activation_sparsity, format_table, plot_activation_sparsity, run_all
+from lth_core.analysis import (activation_sparsity, format_table, plot_activation_sparsity, run_all,
+                               top_hessian_eigenvalues)
 from lth_core.config import SpendConfig, replace
 from lth_core.data import Dataset, iterate_batches
 from lth_core.lottery import StageCallback, dataset_on, prepare_spend_model, spend, spend_dir
@@ -60,3 +61,17 @@ def analyze_spend(config: SpendConfig, store: ArtifactStore, out_dir: Path, *,
     result["spend_key"] = config.key
     (out_dir / "analysis.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
     return result
+
+
+def spend_metrics(config: SpendConfig, store: ArtifactStore, *, threshold: float = 1e-3, batches: int = 2,
+                  batch_size: int = 128) -> dict[str, float]:
+    """Cheap analyses of a finished spend as flat metrics (for a tracking backend):
+    activation sparsity overall and per stage on test batches, top Hessian eigenvalue on train batches."""
+    model, mask, dataset = load_spent_model(config, store)
+    train = list(itertools.islice(iterate_batches(dataset, "train", batch_size), batches))
+    test = list(itertools.islice(iterate_batches(dataset, "test", batch_size), batches))
+    sparsity = activation_sparsity(model, test, threshold)
+    eigen = top_hessian_eigenvalues(model, train, mask=mask, max_iter=50, seed=config.seed)
+    return {"act_sparsity": sparsity.overall,
+            **{f"act_sparsity_{stage}": count.fraction for stage, count in sparsity.stages.items()},
+            "hessian_top_eigenvalue": eigen.eigenvalues[0]}
