@@ -337,7 +337,7 @@ class _LocalLockFile:
             return True
         with self._guard():
             holder = self.holder(lease_seconds)
-            if holder is None or holder["expires"] > time.time():
+            if holder is None or _held(holder):
                 return False  # live holder, or released just now: the next poll tries again
             # Still present and expired while we hold the guard: nobody can touch it meanwhile.
             self.path.unlink()
@@ -396,7 +396,7 @@ class _ObjectStoreLockFile:
 
     def try_acquire(self, record: dict[str, Any], lease_seconds: float) -> bool:
         holder = self.holder(lease_seconds)
-        if holder is not None and holder["expires"] > time.time():
+        if holder is not None and _held(holder):
             return False
         self._put(record)
         time.sleep(self.settle_seconds)  # a racing writer's PUT lands within this delay
@@ -437,6 +437,23 @@ class _ObjectStoreLockFile:
 
 
 # ------------------------------------------------------------------ helpers
+
+def _held(holder: dict[str, Any]) -> bool:
+    """Whether a lock still binds: its lease runs and, when the holder is a process on this
+    host, that process is alive (a crashed local holder is taken over at once, not after its lease)."""
+    if holder["expires"] <= time.time():
+        return False
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
 
 def _stamped(owner: dict[str, Any], lease_seconds: float) -> dict[str, Any]:
     return {**owner, "lease_seconds": lease_seconds, "expires": time.time() + lease_seconds}

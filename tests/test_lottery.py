@@ -98,10 +98,10 @@ def test_spend_of_an_undrawn_ticket_draws_it_first(tmp_path):
 KILLED_DRAW = """
 import sys
 from conftest import tiny_ticket
-from lth_core.config import RecipeConfig
+from lth_core.config import PruneConfig, RecipeConfig
 from lth_core.lottery import draw
 from lth_core.store import ArtifactStore
-ticket = tiny_ticket(recipe=RecipeConfig(epochs=6, batch_size=128, device="cpu"))
+ticket = tiny_ticket(recipe=RecipeConfig(epochs=4, batch_size=128, device="cpu"), pruning=PruneConfig(levels=1))
 print(draw(ticket, ArtifactStore(sys.argv[1]))["key"])
 """
 
@@ -122,7 +122,7 @@ def test_a_draw_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path
     assert not (killed / "tickets" / key / "summary.json").exists(), "the draw finished before it was killed"
     subprocess.run([sys.executable, "-c", KILLED_DRAW, str(killed)], env=env, check=True, capture_output=True)
     a, b = ArtifactStore(str(whole)), ArtifactStore(str(killed))
-    for name in ("dense/final.safetensors", "level_2/final.safetensors"):
+    for name in ("dense/final.safetensors", "level_1/final.safetensors"):
         wa, wb = a.read_tensors(f"tickets/{key}/{name}"), b.read_tensors(f"tickets/{key}/{name}")
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     sa = json.loads((whole / "tickets" / key / "summary.json").read_text())

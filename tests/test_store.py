@@ -322,6 +322,25 @@ def test_killed_holder_is_taken_over_after_its_lease(store: ArtifactStore):
     assert waited < 2.5
 
 
+def test_dead_holder_on_this_host_is_taken_over_before_its_lease_ends(store: ArtifactStore):
+    """A crashed local worker must not block the next one for a whole lease."""
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    path = store.local_path() / "locks" / "job.lock"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"token": "t", "host": socket.gethostname(), "pid": int(dead.stdout),
+                                "lease_seconds": 600, "expires": time.time() + 600}))
+    with store.lock("job", timeout=2):
+        pass
+    alive = _write_lock(store, "other", expires_in=600.0)  # a holder on another host: its lease binds
+    with pytest.raises(LockTimeout):
+        with store.lock("other", timeout=0.3):
+            pass
+    assert alive.exists()
+
+
 def test_live_holder_keeps_lock_beyond_its_lease(store: ArtifactStore):
     held, done = threading.Event(), threading.Event()
 
