@@ -47,13 +47,19 @@ def ticket_of(frame: pd.DataFrame) -> pd.Series:
     return _col(frame, "ticket_key", None).fillna("seed" + _col(frame, "seed", 0).astype(str)).astype(object)
 
 
-def spend_points(trials: pd.DataFrame) -> pd.DataFrame:
-    """Finished spend runs with a final test_acc, one per spend_key (the latest)."""
+def finished_spends(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials rows that count: finished spend runs with a final test_acc, one per spend_key
+    (the latest)."""
     spend = trials[(trials["stage"] == "spend") & trials["final"].astype(bool)
                    & _col(trials, "test_acc", np.nan).notna()].copy()
     spend = spend.sort_values("start_time")
-    keyed = spend["spend_key"].notna()
-    spend = pd.concat([spend[keyed].drop_duplicates("spend_key", keep="last"), spend[~keyed]])
+    keyed = _col(spend, "spend_key", None).notna()
+    return pd.concat([spend[keyed].drop_duplicates("spend_key", keep="last"), spend[~keyed]])
+
+
+def spend_points(trials: pd.DataFrame) -> pd.DataFrame:
+    """Finished spend runs with a final test_acc, one per spend_key (the latest)."""
+    spend = finished_spends(trials)
     out = pd.DataFrame({
         "setting": setting_of(spend),
         "tweak": spend["tweak"].fillna(VANILLA).astype(object),
@@ -245,6 +251,139 @@ def cost_by_tweak(summary: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+# --- The paper's analyses (sweeps run with --analyze / --hessian-every N) -------------------
+
+HESSIAN = "hessian_top_eigenvalue"
+ACT_SPARSITY = "act_sparsity"  # overall; act_sparsity_<stage> per stage
+OVERALL = "overall"
+ANALYSIS_KEYS = ["setting", "tweak", "activation", "level"]
+
+
+def act_sparsity_stages(columns) -> dict[str, str]:
+    """`act_sparsity*` columns -> stage name ('overall' for the plain `act_sparsity`)."""
+    out = {}
+    for column in columns:
+        if column == ACT_SPARSITY:
+            out[column] = OVERALL
+        elif str(column).startswith(ACT_SPARSITY + "_"):
+            out[column] = str(column)[len(ACT_SPARSITY) + 1:]
+    return out
+
+
+def stage_order(stages) -> list[str]:
+    """Model order as far as names tell: the stem first, numbered stages by number
+    (layer2 before layer10), the classifier head last but one, 'overall' last."""
+    def key(name: str):
+        rank = 0 if name in ("stem", "conv1", "features") else 2 if name in ("head", "fc", "classifier") else 1
+        rank = 3 if name == OVERALL else rank
+        return rank, [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+    return sorted(dict.fromkeys(stages), key=key)
+
+
+def tweak_order(tweaks: pd.Series, activations: pd.Series | None = None) -> list[str]:
+    """Vanilla first, then grouped by activation (relu, then swish, ...), then by name."""
+    acts = {} if activations is None else dict(zip(tweaks, activations.fillna("").astype(str)))
+    return sorted(dict.fromkeys(tweaks), key=lambda t: (t != VANILLA, acts.get(t, ""), str(t)))
+
+
+def analysis_points(trials: pd.DataFrame) -> pd.DataFrame:
+    """The analysis metrics of the runs that count (see `finished_spends`): a row per run with
+    its combination, activation, level, seed, the `act_sparsity*` fractions and the final top
+    Hessian eigenvalue; columns absent from the sweep are absent here."""
+    spend = finished_spends(trials)
+    out = pd.DataFrame({
+        "run_id": _col(spend, "run_id", None).astype(object),
+        "setting": setting_of(spend),
+        "tweak": spend["tweak"].fillna(VANILLA).astype(object),
+        "activation": _col(spend, "activation", None).astype(object),
+        "level": _col(spend, "level", 0).fillna(0).astype("int64"),
+        "sparsity": _col(spend, "sparsity", np.nan).astype("float64"),
+        "seed": _col(spend, "seed", 0).fillna(0).astype("int64"),
+    }, index=spend.index)
+    for column in [*act_sparsity_stages(spend.columns), HESSIAN]:
+        if column in spend.columns:
+            out[column] = spend[column].astype("float64")
+    return out.reset_index(drop=True)
+
+
+def first_present(values: pd.Series):
+    present = values.dropna()
+    return present.iloc[0] if len(present) else None
+
+
+def act_sparsity_summary(points: pd.DataFrame) -> pd.DataFrame:
+    """Mean activation sparsity (fraction of |a| <= 1e-3) over seeds per combination, level and
+    stage ('overall' for all stages together): a long frame, empty when nothing was logged."""
+    columns = [*ANALYSIS_KEYS, "sparsity", "stage", "mean", "std", "n"]
+    stages = act_sparsity_stages(points.columns)
+    if not stages or points.empty:
+        return pd.DataFrame(columns=columns)
+    long = points.melt(id_vars=["setting", "tweak", "activation", "level", "sparsity", "seed"],
+                       value_vars=list(stages), var_name="stage", value_name="value").dropna(subset=["value"])
+    if long.empty:
+        return pd.DataFrame(columns=columns)
+    long["stage"] = long["stage"].map(stages)
+    long["activation"] = long.groupby("tweak")["activation"].transform(first_present)
+    group = long.groupby(["setting", "tweak", "level", "stage"])
+    out = group["value"].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
+    out["sparsity"] = group["sparsity"].mean()
+    out["activation"] = group["activation"].agg(first_present)
+    return out.reset_index()[columns].sort_values(["setting", "tweak", "level", "stage"]).reset_index(drop=True)
+
+
+def pick_level(frame: pd.DataFrame) -> int | None:
+    """The level one table or figure shows: the one the most combinations have data at, the
+    highest of those (sparse tickets are where the tweaks differ)."""
+    if frame.empty:
+        return None
+    per_level = frame.groupby("level")["tweak"].nunique()
+    return int(max(per_level.index, key=lambda lv: (per_level[lv], lv)))
+
+
+def act_sparsity_table(summary: pd.DataFrame, level: int | None = None) -> pd.DataFrame:
+    """Table A1 for one setting: rows = stages then 'overall', columns = combinations, values =
+    mean activation sparsity in % at `level` (default `pick_level`). Empty when there is none."""
+    level = pick_level(summary) if level is None else level
+    at = summary[summary["level"] == level]
+    if at.empty:
+        return pd.DataFrame()
+    table = at.pivot_table(index="stage", columns="tweak", values="mean", aggfunc="mean")
+    table = 100 * table.loc[stage_order(table.index), tweak_order(at["tweak"], at["activation"])]
+    table.index.name, table.columns.name = "stage", "tweak"
+    return table
+
+
+def hessian_summary(points: pd.DataFrame) -> pd.DataFrame:
+    """The final top Hessian eigenvalue: mean, std and 95% interval over seeds per combination
+    and level."""
+    columns = [*ANALYSIS_KEYS, "sparsity", "mean", "std", "n", "ci_low", "ci_high"]
+    if HESSIAN not in points.columns or points[HESSIAN].isna().all():
+        return pd.DataFrame(columns=columns)
+    present = points.dropna(subset=[HESSIAN])
+    present = present.assign(activation=present.groupby("tweak")["activation"].transform(first_present).fillna(""))
+    group = present.groupby(["setting", "tweak", "activation", "level"])
+    out = _mean_ci(group, HESSIAN)
+    out["sparsity"] = group["sparsity"].mean()
+    return out.reset_index()[columns].sort_values(["setting", "tweak", "sparsity"]).reset_index(drop=True)
+
+
+def hessian_curves(history: pd.DataFrame | None, points: pd.DataFrame) -> pd.DataFrame:
+    """The eigenvalue over training (Figure A12): mean, std and 95% interval over seeds per
+    combination, level and epoch, for the runs that count."""
+    columns = [*ANALYSIS_KEYS, "sparsity", "epoch", "mean", "std", "n", "ci_low", "ci_high"]
+    if history is None or history.empty or points.empty:
+        return pd.DataFrame(columns=columns)
+    runs = points[["run_id", "setting", "tweak", "activation", "level", "sparsity"]]
+    joined = history.merge(runs, on="run_id").dropna(subset=[HESSIAN])
+    if joined.empty:
+        return pd.DataFrame(columns=columns)
+    joined["activation"] = joined.groupby("tweak")["activation"].transform(first_present).fillna("")
+    group = joined.groupby(["setting", "tweak", "activation", "level", "epoch"])
+    out = _mean_ci(group, HESSIAN)
+    out["sparsity"] = group["sparsity"].mean()
+    return out.reset_index()[columns].sort_values(["setting", "tweak", "level", "epoch"]).reset_index(drop=True)
+
+
 @dataclass
 class Analysis:
     """Everything the report shows, plus notes on what is missing."""
@@ -258,20 +397,26 @@ class Analysis:
     critical: pd.DataFrame
     cost: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    act_sparsity: pd.DataFrame = field(default_factory=pd.DataFrame)  # act_sparsity_summary
+    hessian: pd.DataFrame = field(default_factory=pd.DataFrame)  # hessian_summary
+    hessian_curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # hessian_curves
 
     @property
     def settings(self) -> list[str]:
         return sorted(self.summary["setting"].unique())
 
 
-def analyze(trials: pd.DataFrame, draw_levels: pd.DataFrame) -> Analysis:
+def analyze(trials: pd.DataFrame, draw_levels: pd.DataFrame, hessian_history: pd.DataFrame | None = None) -> Analysis:
     points = spend_points(trials)
     summary = summarize(points)
     dense = dense_reference(trials)
     baseline = vanilla_baseline(summary, trials, draw_levels)
+    extra = analysis_points(trials)
     result = Analysis(points=points, summary=summary, dense=dense, baseline=baseline,
                       gains=gains(summary, baseline), frontier=frontier(summary, dense),
-                      critical=critical_sparsity(summary), cost=cost_by_tweak(summary))
+                      critical=critical_sparsity(summary), cost=cost_by_tweak(summary),
+                      act_sparsity=act_sparsity_summary(extra), hessian=hessian_summary(extra),
+                      hessian_curves=hessian_curves(hessian_history, extra))
     result.notes = sweep_notes(trials, result)
     return result
 

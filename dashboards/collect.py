@@ -20,6 +20,10 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ID_COLUMNS = ["run_id", "run_name", "parent_run_id", "status", "stage", "tweak", "ticket_key",
               "spend_key", "start_time", "end_time", "final"]
 DRAW_LEVEL_METRICS = ["vanilla_test_acc", "vanilla_best_val_acc", "level_sparsity"]
+# The paper's analyses, logged by sweeps run with --analyze / --hessian-every N.
+HESSIAN_METRIC = "hessian_top_eigenvalue"
+ACT_SPARSITY_METRIC = "act_sparsity"  # overall; act_sparsity_<stage> per stage
+HESSIAN_HISTORY_COLUMNS = ["run_id", "epoch", "hessian_top_eigenvalue"]
 HEALTH_TIMEOUT_S = 3.0
 
 
@@ -41,10 +45,16 @@ class OptunaLevel:
     note: str | None = None
 
 
+def empty_hessian_history() -> pd.DataFrame:
+    return pd.DataFrame({"run_id": pd.Series(dtype=object), "epoch": pd.Series(dtype="int64"),
+                         HESSIAN_METRIC: pd.Series(dtype="float64")})
+
+
 @dataclass
 class Sweep:
     """One experiment's runs. `trials` has a row per child run; `draw_levels` a row per draw
-    run and level (the draw logs vanilla LTH per level as a step series)."""
+    run and level (the draw logs vanilla LTH per level as a step series); `hessian_history` a
+    row per spend run and epoch at which `--hessian-every N` measured the top eigenvalue."""
 
     experiment: str
     tracking_uri: str
@@ -54,6 +64,7 @@ class Sweep:
     n_parents: int = 0
     optuna: list[OptunaLevel] | None = None
     optuna_note: str | None = None
+    hessian_history: pd.DataFrame = field(default_factory=empty_hessian_history)
 
 
 def redact(uri: str) -> str:
@@ -122,12 +133,15 @@ def load_sweep(client, experiment: str, with_optuna: bool = True) -> Sweep:
     parents = sorted((r for r in runs if r.data.tags.get("stage") == "sweep"),
                      key=lambda r: r.info.start_time or 0)
     children = [r for r in runs if r.data.tags.get("stage") != "sweep"]
+    trials = trials_frame(client, children)
+    hessian = hessian_values(client, [r for r in children if r.data.tags.get("stage") == "spend"])
     sweep = Sweep(
         experiment=experiment,
         tracking_uri=redact(client.tracking_uri),
-        trials=trials_frame(client, children),
+        trials=with_final_hessian(trials, hessian),
         draw_levels=draw_levels_frame(client, [r for r in children if r.data.tags.get("stage") == "draw"]),
         n_parents=len(parents),
+        hessian_history=hessian_history(hessian),
     )
     if parents:
         latest = parents[-1]
@@ -222,6 +236,52 @@ def convert_param(values: pd.Series) -> pd.Series:
     if present.str.match(_INT).all():
         return pd.to_numeric(values, errors="coerce").astype("Int64")
     return pd.to_numeric(values, errors="coerce").astype("float64")
+
+
+def hessian_values(client, spends: list) -> pd.DataFrame:
+    """Every logged top Hessian eigenvalue of the spend runs that have one: a row per value with
+    its epoch (step), timestamp and whether it was logged during training (`--hessian-every N`,
+    before the run's final metrics) or with the final metrics (`--analyze`, at the last epoch's
+    step). Only runs with the metric cost a history request (two: the eigenvalues and, for the
+    cut-off, best_val_acc)."""
+    rows = []
+    for run in spends:
+        if HESSIAN_METRIC not in run.data.metrics:
+            continue
+        run_id = run.info.run_id
+        history = client.get_metric_history(run_id, HESSIAN_METRIC)
+        finals = client.get_metric_history(run_id, "best_val_acc") if "best_val_acc" in run.data.metrics else []
+        cutoff = min((m.timestamp for m in finals), default=None)
+        for order, m in enumerate(history):
+            rows.append({"run_id": run_id, "epoch": m.step, HESSIAN_METRIC: m.value, "timestamp": m.timestamp,
+                         "order": order, "during_training": cutoff is None or m.timestamp < cutoff})
+    columns = ["run_id", "epoch", HESSIAN_METRIC, "timestamp", "order", "during_training"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.astype({"run_id": object, "epoch": "int64", HESSIAN_METRIC: "float64", "timestamp": "int64",
+                         "order": "int64", "during_training": bool})
+
+
+def with_final_hessian(trials: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
+    """`hessian_top_eigenvalue` as the value logged last (by timestamp): the final `--analyze` value
+    when there is one, else the last epoch `--hessian-every N` measured. MLflow's "latest" value
+    is the highest step's, which ties at the last epoch when both were logged."""
+    if values.empty or HESSIAN_METRIC not in trials.columns:
+        return trials
+    last = values.sort_values(["timestamp", "order"]).drop_duplicates("run_id", keep="last")
+    final = trials["run_id"].map(last.set_index("run_id")[HESSIAN_METRIC])
+    trials = trials.copy()
+    trials[HESSIAN_METRIC] = final.where(final.notna(), trials[HESSIAN_METRIC]).astype("float64")
+    return trials
+
+
+def hessian_history(values: pd.DataFrame) -> pd.DataFrame:
+    """The eigenvalue per epoch as measured during training (Figure A12): a row per run and epoch
+    (the latest value when an epoch was logged twice, e.g. by a restarted trial)."""
+    during = values[values["during_training"]].sort_values(["timestamp", "order"])
+    if during.empty:
+        return empty_hessian_history()
+    during = during.drop_duplicates(["run_id", "epoch"], keep="last").sort_values(["run_id", "epoch"])
+    return during[HESSIAN_HISTORY_COLUMNS].reset_index(drop=True)
 
 
 def draw_levels_frame(client, draws: list) -> pd.DataFrame:

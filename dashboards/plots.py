@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .analysis import VANILLA  # noqa: E402
 
@@ -194,4 +195,90 @@ def importance_plot(levels: list, path: Path) -> Path | None:
         ax.set_title(f"level {lv.level}", fontsize=10)
         ax.set_xlabel("importance")
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _palette(n: int):
+    return plt.get_cmap("tab10" if n <= 10 else "tab20")
+
+
+def _tweak_colors(tweaks) -> dict:
+    """Vanilla in black, the others from one palette, so a tweak keeps its color across figures."""
+    others = sorted(t for t in set(tweaks) if t != VANILLA)  # by name: the same in every figure
+    palette = _palette(len(others))
+    return {t: BASE_COLOR if t == VANILLA else palette(others.index(t) % palette.N) for t in tweaks}
+
+
+def act_sparsity_bars(table: pd.DataFrame, path: Path, title: str) -> Path | None:
+    """Table A1 as grouped bars: one group per stage (and overall), one bar per combination."""
+    if table.empty or table.isna().all().all():
+        return None
+    stages, tweaks = list(table.index), list(table.columns)
+    colors = _tweak_colors(tweaks)
+    width = 0.8 / len(tweaks)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(stages) * max(2, len(tweaks)) + 2), 4))
+    x = np.arange(len(stages))
+    for i, tweak in enumerate(tweaks):
+        ax.bar(x - 0.4 + width * (i + 0.5), table[tweak].to_numpy(dtype=float), width, label=tweak,
+               color=colors[tweak])
+    ax.set_xticks(x, stages, rotation=30 if len(stages) > 6 else 0)
+    ax.set_ylabel("activations with |a| <= 1e-3 (%)")
+    ax.set_ylim(0, max(5.0, float(np.nanmax(table.to_numpy(dtype=float))) * 1.15))
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, path)
+
+
+def _eigen_scale(ax, values) -> None:
+    """Log y when the eigenvalues are positive and span more than a factor of 20."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) and values.min() > 0 and values.max() / values.min() > 20:
+        ax.set_yscale("log")
+
+
+def _eigen_line(ax, frame: pd.DataFrame, x: str, label: str, color, scale: float = 1.0) -> None:
+    frame = frame.sort_values(x)
+    xs = scale * frame[x]
+    ax.plot(xs, frame["mean"], marker="o", ms=4, color=color, label=label,
+            linestyle=":" if label == VANILLA else "-")
+    if frame["n"].max() >= 2:
+        ax.fill_between(xs, frame["ci_low"], frame["ci_high"], color=color, alpha=0.12, lw=0)
+
+
+def hessian_vs_sparsity(summary: pd.DataFrame, path: Path, title: str) -> Path | None:
+    """Final top Hessian eigenvalue per combination against sparsity, mean ±95% CI over seeds."""
+    if summary.empty:
+        return None
+    tweaks = sorted(summary["tweak"].unique(), key=lambda t: (t != VANILLA, t))
+    colors = _tweak_colors(tweaks)
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for tweak in tweaks:
+        _eigen_line(ax, summary[summary["tweak"] == tweak], "sparsity", tweak, colors[tweak], scale=100)
+    sparsity_axis(ax, 100 * summary["sparsity"])
+    _eigen_scale(ax, summary["mean"])
+    ax.set_ylabel("top Hessian eigenvalue")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, path)
+
+
+def hessian_vs_epoch(curves: pd.DataFrame, path: Path, title: str) -> Path | None:
+    """Top Hessian eigenvalue over training per combination at one level (Figure A12)."""
+    if curves.empty:
+        return None
+    tweaks = sorted(curves["tweak"].unique(), key=lambda t: (t != VANILLA, t))
+    colors = _tweak_colors(tweaks)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for tweak in tweaks:
+        _eigen_line(ax, curves[curves["tweak"] == tweak], "epoch", tweak, colors[tweak])
+    _eigen_scale(ax, curves["mean"])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("top Hessian eigenvalue")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)

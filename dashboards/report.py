@@ -17,7 +17,10 @@ from .analysis import Analysis
 from .collect import Sweep
 
 TRIAL_COLUMNS = ["run_id", "stage", "status", "tweak", "level", "sparsity", "seed", "rewind_epoch",
-                 "test_acc", "best_val_acc", "device_seconds"]
+                 "test_acc", "best_val_acc", "device_seconds", "act_sparsity", "hessian_top_eigenvalue"]
+HOW_TO_ANALYZE = ("run the sweep with --analyze (activation sparsity per stage and the final top Hessian "
+                  "eigenvalue of every spend) and/or --hessian-every N (the top Hessian eigenvalue every N "
+                  "epochs of every spend)")
 MAX_TRIAL_ROWS = 400
 
 
@@ -123,6 +126,106 @@ def _setting_sections(result: Analysis, out: Path, sections: dict[str, html.Sect
     return pngs
 
 
+def _sparsity_columns(table: pd.DataFrame) -> list[str]:
+    return [f"{c:g}%" for c in table.columns]
+
+
+def _in_tweak_order(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """A tweak-indexed table with vanilla first, then grouped by activation."""
+    return table.loc[[t for t in analysis.tweak_order(frame["tweak"], frame["activation"]) if t in table.index]]
+
+
+def act_sparsity_display(summary: pd.DataFrame, level: int) -> pd.DataFrame:
+    """Table A1 for one setting as printed: the activation of each combination, the stages and
+    'overall' in %, and the number of runs averaged."""
+    table = analysis.act_sparsity_table(summary, level)
+    at = summary[summary["level"] == level]
+    acts = at.groupby("tweak")["activation"].agg(analysis.first_present)
+    runs = at.groupby("tweak")["n"].max()
+    shown = table.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}")
+    head = pd.DataFrame([acts.reindex(table.columns).fillna("–")], index=["activation"])
+    tail = pd.DataFrame([runs.reindex(table.columns).fillna(0).astype(int).astype(str)], index=["runs"])
+    out = pd.concat([head, shown, tail])
+    out.index.name, out.columns.name = "stage", None
+    return out.reset_index()
+
+
+def _analyses_section(result: Analysis, out: Path, section: html.Section) -> list[Path]:
+    """The paper's analyses when the sweep logged them: activation sparsity per stage (Table A1)
+    and the top Hessian eigenvalue, final against sparsity and over training (Figure A12)."""
+    if result.act_sparsity.empty and result.hessian.empty and result.hessian_curves.empty:
+        section.note(f"No activation-sparsity or Hessian metrics logged: {HOW_TO_ANALYZE}.")
+        return []
+    pngs: list[Path] = []
+    several = len(result.settings) > 1
+
+    def keep(path: Path | None, alt: str) -> None:
+        if path is not None:
+            pngs.append(path)
+            section.add(html.image(path, alt))
+
+    for setting in result.settings:
+        pick = lambda frame: frame[frame["setting"] == setting]  # noqa: E731
+        png = lambda name: out / (f"{name}_{_slug(setting)}.png" if several else f"{name}.png")  # noqa: E731
+        prefix = f"{setting}: " if several else ""
+        if several:
+            section.add(html.heading(setting))
+
+        act = pick(result.act_sparsity)
+        section.add(html.heading("Activation sparsity (Table A1)"))
+        if act.empty:
+            section.note("No activation sparsity logged: run the sweep with --analyze.")
+        else:
+            level = analysis.pick_level(act)
+            at = act[act["level"] == level]
+            sparsity = at["sparsity"].mean()
+            section.add(html.paragraph(
+                f"Activations with |a| <= 1e-3 on test batches (%), mean over the finished spend runs (seeds) of "
+                f"each combination, per stage and overall, at level {level} ({_pct(sparsity)}% sparsity): the "
+                f"level most combinations have data at, the highest of those."))
+            section.add(html.table(act_sparsity_display(act, level)))
+            keep(plots.act_sparsity_bars(analysis.act_sparsity_table(act, level), png("act_sparsity"),
+                                         f"{prefix}activation sparsity at {_pct(sparsity)}% weight sparsity"),
+                 "activation sparsity per stage")
+            overall = act[act["stage"] == analysis.OVERALL]
+            if overall["level"].nunique() > 1:
+                section.add(html.paragraph("Overall activation sparsity (%) at every level:"))
+                shown = _in_tweak_order(100 * analysis.matrix(overall, "mean"), overall)
+                shown = shown.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}")
+                shown.columns = _sparsity_columns(shown)
+                section.add(html.table(shown.reset_index()))
+
+        hessian, curves = pick(result.hessian), pick(result.hessian_curves)
+        section.add(html.heading("Top Hessian eigenvalue"))
+        if hessian.empty:
+            section.note("No top Hessian eigenvalue logged: run the sweep with --analyze (final value) "
+                         "or --hessian-every N (every N epochs).")
+        else:
+            keep(plots.hessian_vs_sparsity(hessian, png("hessian_vs_sparsity"),
+                                           f"{prefix}final top Hessian eigenvalue vs sparsity"),
+                 "top Hessian eigenvalue vs sparsity")
+            section.add(html.paragraph("Final top Hessian eigenvalue (the --analyze value, else the last epoch "
+                                       "--hessian-every measured), mean over seeds:"))
+            shown = _in_tweak_order(analysis.matrix(hessian, "mean"), hessian)
+            shown = shown.map(lambda v: "–" if pd.isna(v) else f"{v:.4g}")
+            shown.columns = _sparsity_columns(shown)
+            section.add(html.table(shown.reset_index()))
+        if curves.empty:
+            if not hessian.empty:
+                section.note("No per-epoch eigenvalues: run the sweep with --hessian-every N to see the "
+                             "eigenvalue over training (Figure A12).")
+        else:
+            level = analysis.pick_level(curves)
+            at = curves[curves["level"] == level]
+            sparsity = at["sparsity"].mean()
+            section.add(html.paragraph(f"Top Hessian eigenvalue over training at level {level} "
+                                       f"({_pct(sparsity)}% sparsity), mean ±95% CI over seeds (Figure A12)."))
+            keep(plots.hessian_vs_epoch(at, png("hessian_vs_epoch"),
+                                        f"{prefix}top Hessian eigenvalue during training, {_pct(sparsity)}% sparsity"),
+                 "top Hessian eigenvalue vs epoch")
+    return pngs
+
+
 def _optuna_section(sweep: Sweep, out: Path, section: html.Section) -> list[Path]:
     if sweep.optuna is None:
         section.note(sweep.optuna_note or "No Optuna studies.")
@@ -174,19 +277,21 @@ def build_report(sweep: Sweep, out: Path) -> ReportFiles:
     out.mkdir(parents=True, exist_ok=True)
     parquet = out / "trials.parquet"
     sweep.trials.to_parquet(parquet, engine="pyarrow", index=False)
-    result = analysis.analyze(sweep.trials, sweep.draw_levels)
+    result = analysis.analyze(sweep.trials, sweep.draw_levels, sweep.hessian_history)
 
     sections = {key: html.Section(key, title) for key, title in [
         ("overview", "Overview"), ("accuracy", "Accuracy vs sparsity"), ("gain", "Gain over vanilla LTH"),
-        ("frontier", "Winning-ticket frontier"), ("optuna", "Optuna search"), ("cost", "Compute cost"),
-        ("trials", "Trials")]}
+        ("frontier", "Winning-ticket frontier"), ("analyses", "Activation sparsity and Hessian"),
+        ("optuna", "Optuna search"), ("cost", "Compute cost"), ("trials", "Trials")]}
     _overview(sweep, result, sections["overview"])
     if result.summary.empty:
         for key in ("accuracy", "gain", "frontier", "cost"):
             sections[key].note("No finished spend run yet.")
+        sections["analyses"].note(f"No finished spend run yet. For these analyses, {HOW_TO_ANALYZE}.")
         pngs = []
     else:
         pngs = _setting_sections(result, out, sections)
+        pngs += _analyses_section(result, out, sections["analyses"])
     pngs += _optuna_section(sweep, out, sections["optuna"])
     _trials_section(sweep.trials, sections["trials"])
 

@@ -72,7 +72,11 @@ class Store:
         return run.info.run_id
 
     def spend(self, exp: str, parent: str, tweak: str, level: int, seed: int, acc: float | None,
-              dense: float = 0.91, vanilla: float | None = 0.9, running: bool = False) -> str:
+              dense: float = 0.91, vanilla: float | None = 0.9, running: bool = False,
+              per_epoch: dict[str, list[float]] | None = None, final_extra: dict[str, float] | None = None,
+              final_step: int = 0) -> str:
+        """`per_epoch` adds metrics logged with the epochs (one value per epoch, as --hessian-every
+        does), `final_extra` metrics logged with the final ones at `final_step` (as --analyze does)."""
         run = self.client.create_run(exp, run_name=f"{tweak}-L{level}-s{seed}", tags={
             "mlflow.parentRunId": parent, "stage": "spend", "ticket_key": f"tk{seed}",
             "spend_key": f"{tweak}-{level}-{seed}", "tweak": tweak})
@@ -81,13 +85,16 @@ class Store:
                   **TWEAK_PARAMS[tweak]}
         # Per-epoch test_acc well below the final one: the report must take the final value.
         epochs = [(name, 0.1 + 0.1 * e, e) for e in range(EPOCHS) for name in ("train_loss", "val_acc", "test_acc")]
+        epochs += [(name, values[e], e) for name, values in (per_epoch or {}).items() for e in range(len(values))]
         self._log(run.info.run_id, params, epochs, self.t0)
         if not running:
-            final = [("best_val_acc", acc, 0), ("wall_seconds", 10.0 * level, 0),
-                     ("device_seconds", 10.0 * level, 0), ("dense_test_acc", dense, 0)]
+            step = final_step
+            final = [("best_val_acc", acc, step), ("wall_seconds", 10.0 * level, step),
+                     ("device_seconds", 10.0 * level, step), ("dense_test_acc", dense, step)]
             if vanilla is not None:
-                final.append(("vanilla_test_acc", vanilla, 0))
-            self._log(run.info.run_id, {}, final + [("test_acc", acc, 0)], self.t0 + 60_000)
+                final.append(("vanilla_test_acc", vanilla, step))
+            final += [(name, value, step) for name, value in (final_extra or {}).items()]
+            self._log(run.info.run_id, {}, final + [("test_acc", acc, step)], self.t0 + 60_000)
             self.client.set_terminated(run.info.run_id)
         return run.info.run_id
 
@@ -107,6 +114,30 @@ def make_optuna(storage: str, prefix: str) -> None:
         for activation, ls, value in trials:
             study.add_trial(optuna.trial.create_trial(
                 params={"activation": activation, "label_smoothing": ls}, distributions=space, value=value))
+
+
+# The paper's analyses (--analyze, --hessian-every): a small sweep with hand-picked numbers.
+# Mean activation sparsity per stage at level 2 (level 1: half); seed 0 logs mean - 0.01, seed 1 + 0.01.
+ACT = {
+    "vanilla": {"stem": 0.30, "layer1": 0.50, "layer2": 0.70, "overall": 0.52},
+    "swish": {"stem": 0.02, "layer1": 0.04, "layer2": 0.06, "overall": 0.045},
+    "ls0.1": {"stem": 0.35, "layer1": 0.55, "layer2": 0.75, "overall": 0.60},
+}
+# Mean final (--analyze) top Hessian eigenvalue per level; seed 0 logs mean - 1, seed 1 mean + 1.
+# --hessian-every 1 logs HESSIAN_EPOCH_FACTOR[e] times the run's final value at epoch e, so the
+# last epoch's value differs from the final one logged at the same step.
+HESSIAN = {"vanilla": {1: 20.0, 2: 40.0}, "swish": {1: 10.0, 2: 15.0}, "ls0.1": {1: 12.0, 2: 25.0}}
+HESSIAN_EPOCH_FACTOR = [0.5, 0.75]
+
+
+def analysis_metrics(tweak: str, level: int, seed: int) -> tuple[dict, dict]:
+    """(per-epoch, final) analysis metrics of one spend run of the 'analyzed' sweep."""
+    offset = 1 if seed else -1
+    final = {("act_sparsity" if stage == "overall" else f"act_sparsity_{stage}"): value * level / 2 + 0.01 * offset
+             for stage, value in ACT[tweak].items()}
+    final["hessian_top_eigenvalue"] = HESSIAN[tweak][level] + offset
+    per_epoch = {"hessian_top_eigenvalue": [f * final["hessian_top_eigenvalue"] for f in HESSIAN_EPOCH_FACTOR]}
+    return per_epoch, final
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +169,23 @@ def store(tmp_path_factory) -> Store:
 
     started = store.experiment("just-started")
     store.spend(started, store.parent(started), "vanilla", 1, 0, None, running=True)
+
+    analyzed = store.experiment("analyzed")  # --analyze --hessian-every 1
+    parent = store.parent(analyzed)
+    for tweak in ACT:
+        for level in (1, 2):
+            for seed in (0, 1):
+                per_epoch, final = analysis_metrics(tweak, level, seed)
+                store.spend(analyzed, parent, tweak, level, seed, 0.9, per_epoch=per_epoch, final_extra=final,
+                            final_step=EPOCHS - 1)
+    store.spend(analyzed, parent, "swish", 2, 2, None, running=True,  # unfinished: left out
+                per_epoch={"hessian_top_eigenvalue": [1000.0]})
+
+    hessian_only = store.experiment("hessian-only")  # --hessian-every 1 without --analyze
+    parent = store.parent(hessian_only)
+    for tweak, values in [("vanilla", [3.0, 5.0]), ("swish", [2.0, 2.5])]:
+        store.spend(hessian_only, parent, tweak, 1, 0, 0.9, per_epoch={"hessian_top_eigenvalue": values},
+                    final_step=EPOCHS - 1)
     return store
 
 
@@ -316,3 +364,116 @@ def test_vanilla_falls_back_to_the_draw():
     result = analysis.analyze(trials, draw_levels)
     assert result.baseline.set_index("level")["mean"].to_dict() == pytest.approx({1: 0.8, 2: 0.5})
     assert analysis.matrix(result.gains, "gain_pp").loc["swish"].tolist() == pytest.approx([5.0, 35.0])
+
+
+@pytest.fixture(scope="module")
+def analyzed(store) -> collect.Sweep:
+    return collect.load_sweep(collect.connect(store.uri), "analyzed")
+
+
+@pytest.fixture(scope="module")
+def analyzed_built(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("analyzed")
+    assert report.main(["--experiment", "analyzed", "--tracking-uri", store.uri, "--out", str(out),
+                        "--no-log-artifacts"]) == 0
+    return out
+
+
+def test_analysis_metrics_in_the_trials_table(analyzed_built):
+    trials = pd.read_parquet(analyzed_built / "trials.parquet")
+    for column in ["act_sparsity", "act_sparsity_stem", "act_sparsity_layer1", "act_sparsity_layer2",
+                   "hessian_top_eigenvalue"]:
+        assert pd.api.types.is_float_dtype(trials[column]), column
+    row = trials[trials["spend_key"] == "swish-2-0"].iloc[0]
+    assert row["act_sparsity_layer2"] == pytest.approx(0.06 - 0.01)
+    assert row["act_sparsity"] == pytest.approx(0.045 - 0.01)
+    # The final (--analyze) value, not the last epoch's 0.75 * 14 logged at the same step.
+    assert row["hessian_top_eigenvalue"] == pytest.approx(14.0)
+    running = trials[trials["status"] == "RUNNING"].iloc[0]
+    assert running["hessian_top_eigenvalue"] == pytest.approx(1000.0) and not running["final"]
+
+
+def test_hessian_history_is_the_per_epoch_series(analyzed):
+    history = analyzed.hessian_history
+    finished = analyzed.trials[analyzed.trials["final"]]
+    assert set(history["run_id"]) == set(analyzed.trials["run_id"])  # the running run's epochs too
+    run_id = finished.loc[finished["spend_key"] == "vanilla-2-1", "run_id"].iloc[0]
+    series = history[history["run_id"] == run_id].set_index("epoch")["hessian_top_eigenvalue"]
+    assert series.to_dict() == pytest.approx({0: 0.5 * 41.0, 1: 0.75 * 41.0})  # the final 41 left out
+
+
+def test_activation_sparsity_table(analyzed):
+    result = analysis.analyze(analyzed.trials, analyzed.draw_levels, analyzed.hessian_history)
+    act = result.act_sparsity
+    assert analysis.pick_level(act) == 2 and (act["n"] == 2).all()
+    table = analysis.act_sparsity_table(act)
+    assert list(table.index) == ["stem", "layer1", "layer2", "overall"]
+    assert list(table.columns) == ["vanilla", "ls0.1", "swish"]  # vanilla, other relu, then swish
+    for tweak, stages in ACT.items():
+        assert table[tweak].to_dict() == pytest.approx({k: 100 * v for k, v in stages.items()}), tweak
+    level1 = analysis.act_sparsity_table(act, level=1)
+    assert level1.loc["layer2", "vanilla"] == pytest.approx(35.0)
+    shown = report.act_sparsity_display(act, 2).set_index("stage")
+    assert shown.loc["activation"].to_dict() == {"vanilla": "relu", "ls0.1": "relu", "swish": "swish"}
+    assert shown.loc["runs", "swish"] == "2" and shown.loc["overall", "swish"] == "4.5"
+
+
+def test_hessian_final_and_curves(analyzed):
+    result = analysis.analyze(analyzed.trials, analyzed.draw_levels, analyzed.hessian_history)
+    final = result.hessian.set_index(["tweak", "level"])
+    for tweak, levels in HESSIAN.items():
+        for level, mean in levels.items():
+            assert final.loc[(tweak, level), "mean"] == pytest.approx(mean)
+            assert final.loc[(tweak, level), "n"] == 2
+    assert final.loc[("swish", 2), "sparsity"] == pytest.approx(SPARSITY[2])
+    curves = result.hessian_curves.set_index(["tweak", "level", "epoch"])
+    assert len(curves) == 3 * 2 * EPOCHS and (curves["n"] == 2).all()  # the running run is left out
+    assert curves.loc[("swish", 2, 1), "mean"] == pytest.approx(0.75 * 15.0)
+    assert curves.loc[("vanilla", 1, 0), "mean"] == pytest.approx(0.5 * 20.0)
+    assert analysis.pick_level(result.hessian_curves) == 2
+
+
+def test_analyses_section_and_figures(analyzed_built):
+    page = (analyzed_built / "report.html").read_text()
+    assert '<section id="analyses">' in page and "Activation sparsity (Table A1)" in page
+    assert "at level 2 (36.0% sparsity)" in page and "Figure A12" in page
+    section = page.split('<section id="analyses">')[1].split("</section>")[0]
+    assert "<td>70.0</td>" in section and "<td>4.5</td>" in section  # vanilla layer2, swish overall
+    assert 'class="note"' not in section  # nothing is missing: no how-to note
+    pngs = {p.name for p in analyzed_built.glob("*.png")}
+    assert {"act_sparsity.png", "hessian_vs_sparsity.png", "hessian_vs_epoch.png"} <= pngs
+    assert section.count('src="data:image/png;base64,') == 3
+    assert page.count('src="data:image/png;base64,') == len(pngs)
+
+
+def test_hessian_without_analyze(store, tmp_path):
+    """--hessian-every alone: the final value is the last epoch's, no activation sparsity."""
+    sweep = collect.load_sweep(collect.connect(store.uri), "hessian-only")
+    result = analysis.analyze(sweep.trials, sweep.draw_levels, sweep.hessian_history)
+    assert result.act_sparsity.empty
+    assert result.hessian.set_index("tweak")["mean"].to_dict() == pytest.approx({"vanilla": 5.0, "swish": 2.5})
+    assert len(result.hessian_curves) == 4
+    report.build_report(sweep, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "No activation sparsity logged: run the sweep with --analyze." in page
+    assert (tmp_path / "hessian_vs_epoch.png").exists() and not (tmp_path / "act_sparsity.png").exists()
+
+
+def test_sweep_without_analyses_shows_how(built, tmp_path):
+    page = (built / "report.html").read_text()
+    section = page.split('<section id="analyses">')[1].split("</section>")[0]
+    assert "No activation-sparsity or Hessian metrics logged" in section
+    assert "--analyze" in section and "--hessian-every N" in section and "<img" not in section
+    assert not {"act_sparsity.png", "hessian_vs_sparsity.png", "hessian_vs_epoch.png"} & {
+        p.name for p in built.glob("*.png")}
+
+
+def test_analysis_ordering_rules():
+    assert analysis.stage_order(["overall", "layer10", "layer2", "stem", "fc", "layer1"]) == [
+        "stem", "layer1", "layer2", "layer10", "fc", "overall"]
+    assert analysis.act_sparsity_stages(["act_sparsity", "act_sparsity_blocks", "test_acc"]) == {
+        "act_sparsity": "overall", "act_sparsity_blocks": "blocks"}
+    # Level 3 has one combination, level 2 both: level 2 is shown.
+    frame = pd.DataFrame({"tweak": ["a", "b", "a", "b", "a"], "level": [1, 1, 2, 2, 3]})
+    assert analysis.pick_level(frame) == 2
+    assert analysis.pick_level(frame.iloc[:0]) is None
