@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         tune_config = tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler,
                                       max_concurrent_trials=sweep.max_concurrent or None, reuse_actors=True)
         results = runner.run_tuner(f"{sweep.name}-spends", spend_trainable, sweep, spend_space(sweep, parent),
-                                   tune_config)
+                                   tune_config, expected_trials=trials)
         status = "FINISHED"
     finally:
         runner.finish_parent_run(sweep, parent, status)

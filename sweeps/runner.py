@@ -97,14 +97,16 @@ def resources(sweep: SweepConfig) -> dict[str, float]:
 
 
 def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: dict[str, Any],
-              tune_config: Any = None) -> Any:
+              tune_config: Any = None, expected_trials: int | None = None) -> Any:
     """Fit a Tuner, or restore it when a run of the same name exists: finished trials are kept,
-    unfinished and errored ones resume from their last checkpoint."""
+    unfinished and errored ones resume from their last checkpoint. An interrupted fit (SIGINT: Tune
+    returns normally) raises SweepError; `expected_trials` also catches trials not yet created then."""
     from ray import tune
 
     path = f"{sweep.results_dir.rstrip('/')}/{name}"
     wrapped = tune.with_resources(trainable, resources(sweep))
-    if tune.Tuner.can_restore(path):
+    restored = tune.Tuner.can_restore(path)
+    if restored:
         print(f"restoring {name} from {path}", file=sys.stderr)
         tuner = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space, resume_errored=True)
     else:
@@ -116,6 +118,12 @@ def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: d
     if errors:
         raise SweepError(f"{len(errors)} of {len(results)} trials of {name} failed; first error:\n{errors[0].error}\n"
                          f"Fix the cause and rerun the same command: finished trials are kept.")
+    total = max(len(results), expected_trials or 0)
+    if results.num_terminated < total:  # Tune returns normally after a Ctrl-C/SIGINT
+        hint = (f" (If it was not: {path} holds an earlier sweep of this name with another grid; "
+                "pick a new --name.)" if restored else "")
+        raise SweepError(f"{total - results.num_terminated} of {total} trials of {name} did not finish (the sweep "
+                         f"was interrupted); rerun the same command to resume: finished trials are kept.{hint}")
     return results
 
 
@@ -127,7 +135,7 @@ def draw_stage(sweep: SweepConfig, parent_run_id: str | None) -> None:
 
     space = {**trial_base(sweep, parent_run_id),
              "ticket": tune.grid_search([to_dict(t) for t in sweep.tickets()])}
-    run_tuner(f"{sweep.name}-draws", draw_trainable, sweep, space)
+    run_tuner(f"{sweep.name}-draws", draw_trainable, sweep, space, expected_trials=len(sweep.tickets()))
 
 
 def plan_text(sweep: SweepConfig, trials: int, kind: str) -> str:

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from ray import tune
 
-from lth_core.lottery import spend
+from lth_core.config import SpendConfig
+from lth_core.lottery import draw, spend
 from lth_core.store import ArtifactStore
 from lth_core.training import EpochRecord
 from trainables.common import device_share, spend_from_trial
@@ -31,18 +32,32 @@ def _resume_state() -> dict[str, Any] | None:
         return torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location="cpu")
 
 
+def _real_sparsity(spend_cfg: SpendConfig, store: ArtifactStore) -> float:
+    """The level's measured sparsity (docs/tracking.md), not the schedule's target."""
+    if spend_cfg.level == 0:
+        return 0.0
+    summary = draw(spend_cfg.ticket, store)  # read back: the draw stage has stored it
+    return next(lv["sparsity"] for lv in summary["levels"] if lv["level"] == spend_cfg.level)
+
+
 def spend_trainable(config: dict[str, Any]) -> None:
     config_obj = spend_from_trial(config)
     store = ArtifactStore(config["store"])
     share = device_share(config)
     run = None
+    logged_epochs: set[int] = set()
     if config.get("tracking_uri"):
         tweak = config_obj.tweaks.describe()
         run = TrialRun(config["tracking_uri"], config["parent_run_id"], trial_key=config_obj.key, stage="spend",
                        tags={"ticket_key": config_obj.ticket.key, "spend_key": config_obj.key, "tweak": tweak},
-                       params=spend_params(config_obj, config_obj.sparsity),
+                       params=spend_params(config_obj, _real_sparsity(config_obj, store)),
                        run_name=f"L{config_obj.level} {tweak} s{config_obj.seed}")
+        logged_epochs = run.logged_steps("val_acc")  # a restarted trial does not log an epoch twice
+    resume = _resume_state()
     best = {"val_acc": -1.0, "test_acc": 0.0}
+    for r in (resume or {}).get("history", []):  # the epochs before the checkpoint count too
+        if r["val_acc"] > best["val_acc"]:
+            best.update(val_acc=r["val_acc"], test_acc=r["test_acc"])
     reported = []
 
     def on_epoch(record: EpochRecord, payload) -> None:
@@ -54,7 +69,7 @@ def spend_trainable(config: dict[str, Any]) -> None:
         hessian = state["hessian_history"]
         if hessian and hessian[-1][0] == record.epoch:
             metrics["hessian_top_eigenvalue"] = hessian[-1][1]
-        if run is not None:
+        if run is not None and record.epoch not in logged_epochs:
             run.log_metrics({k: v for k, v in metrics.items() if k != "epoch"} | {"lr": record.lr},
                             step=record.epoch)
         with tempfile.TemporaryDirectory() as folder:
@@ -64,7 +79,7 @@ def spend_trainable(config: dict[str, Any]) -> None:
         reported.append(record.epoch)
 
     try:
-        result = spend(config_obj, store, on_epoch=on_epoch, resume=_resume_state(), persist_checkpoints=False,
+        result = spend(config_obj, store, on_epoch=on_epoch, resume=resume, persist_checkpoints=False,
                        hessian_every=int(config.get("hessian_every") or 0))
     except BaseException:
         if run is not None:
@@ -80,9 +95,11 @@ def spend_trainable(config: dict[str, Any]) -> None:
     if run is not None:
         if not reported:  # a result read back from the store still gets its curves
             for r in result["history"]:
-                run.log_metrics({k: r[k] for k in ("train_loss", "val_acc", "test_acc", "lr")}, step=r["epoch"])
+                if r["epoch"] not in logged_epochs:
+                    run.log_metrics({k: r[k] for k in ("train_loss", "val_acc", "test_acc", "lr")}, step=r["epoch"])
         last_epoch = result["history"][-1]["epoch"] if result["history"] else 0
-        run.log_metrics(final, step=last_epoch)
+        if not run.logged_steps("best_val_acc"):  # an earlier attempt may have logged them already
+            run.log_metrics(final, step=last_epoch)
         if result["rescale_scales"]:
             run.set_tags({"rescale_scales": ", ".join(f"{k}={v:.3g}" for k, v in
                                                       list(result["rescale_scales"].items())[:40])})

@@ -50,6 +50,7 @@ class TrialRun:
             [parent.info.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.trial_key = '{trial_key}'",
             max_results=1)
+        self.resumed = bool(existing)
         if existing:
             self.run_id = existing[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
@@ -66,6 +67,12 @@ class TrialRun:
         self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), self._last_ms, step or 0)
                                                     for k, v in metrics.items()])
+
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps already logged for a metric (only a run an earlier attempt started can have any)."""
+        if not self.resumed:
+            return set()
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

@@ -1,0 +1,428 @@
+"""sweeps/full_grid.py on the in-process Ray (the session's `ray_session`), tracked in a sqlite MLflow:
+the MLflow layout of docs/tracking.md, one draw shared by every spend, the dry run, input errors that
+stop the sweep before any work, and the faults a sweep must survive (a stopped sweep, a killed trial).
+
+Most tests read the one tiny grid of the module fixture `grid` (2 tweaks x 2 levels of one ticket)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import tiny_ticket
+from lth_core.config import SpendConfig, TweakConfig, to_dict
+from lth_core.lottery import spend
+from lth_core.store import ArtifactStore
+from sweeps import full_grid, runner
+from sweeps.config import add_arguments, sweep_from_args
+
+EPOCHS = 2
+TINY = ["--width", "0.125", "--epochs", str(EPOCHS), "--num-levels", "2", "--levels", "1,2",
+        "--set", "ticket.recipe.batch_size=128", "--set", 'combos=[{}, {"activation": "swish"}]']
+SPEND_PARAMS = {"dataset", "arch", "width", "seed", "prune_method", "level", "sparsity", "activation", "skip",
+                "label_smoothing", "kd_alpha", "kd_temperature", "rescale_init", "rewind_epoch"}
+DRAW_PARAMS = {"dataset", "arch", "width", "seed", "prune_method", "levels"}
+FINAL_METRICS = {"best_val_acc", "test_acc", "wall_seconds", "device_seconds", "vanilla_test_acc",
+                 "dense_test_acc"}
+
+
+def sweep_args(root: Path, name: str, *extra: str) -> list[str]:
+    return [*TINY, "--name", name, "--store", str(root / "store"), "--results-dir", str(root / "results"),
+            "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", *extra]
+
+
+def run_grid(root: Path, argv: list[str]) -> SimpleNamespace:
+    """full_grid.main with stdout/stderr captured, run from `root` (MLflow puts a sqlite store's
+    artifacts under the working directory)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(root), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = full_grid.main(argv)
+    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
+
+
+def copy_ticket(src_store: Path, root: Path) -> None:
+    """Start a store with the grid's drawn ticket, so a test only pays for its spends."""
+    shutil.copytree(src_store / "tickets", root / "store" / "tickets")
+
+
+def client_for(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def runs_of(root: Path, name: str) -> tuple[object, list, list]:
+    """(parent run, draw runs, spend runs) of a sweep's experiment, asserting one experiment, one parent."""
+    client = client_for(root)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None, f"no MLflow experiment named {name!r}"
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("stage") == "sweep"]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    children = [r for r in runs if r is not parents[0]]
+    assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
+    draws = [r for r in children if r.data.tags.get("stage") == "draw"]
+    spends = [r for r in children if r.data.tags.get("stage") == "spend"]
+    assert len(draws) + len(spends) == len(children)
+    return parents[0], draws, spends
+
+
+def tune_trials(path: Path) -> list:
+    from ray.tune import ExperimentAnalysis
+
+    return ExperimentAnalysis(str(path)).trials
+
+
+def spend_key(level: int, **tweaks) -> str:
+    return SpendConfig(ticket=tiny_ticket(), level=level, tweaks=TweakConfig(**tweaks)).key
+
+
+@pytest.fixture(scope="module")
+def grid(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    run = run_grid(root, sweep_args(root, "tiny"))
+    assert run.code == 0, run.err[-4000:]
+    store = ArtifactStore(str(root / "store"))
+    ticket = tiny_ticket()
+    return SimpleNamespace(root=root, run=run, store=store, store_path=root / "store", ticket=ticket,
+                           summary=store.read_json(f"tickets/{ticket.key}/summary.json"))
+
+
+# ------------------------------------------------------------------------------------------ the grid
+
+
+def test_grid_prints_the_summary_table_of_the_stored_results(grid):
+    lines = grid.run.out.strip().splitlines()
+    assert lines[-1].startswith("MLflow UI: mlflow ui --backend-store-uri sqlite:///")
+    assert lines[-2].startswith("sweep 'tiny' finished in") and lines[-2].endswith(": 4 trials.")
+    header = lines.index(next(line for line in lines if line.startswith("test acc")))
+    assert lines[header].split()[2:] == ["L1", "L2"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1:header + 3]}
+    assert set(rows) == {"vanilla", "swish"}
+    for tweak, tweaks in (("vanilla", {}), ("swish", {"activation": "swish"})):
+        for column, level in enumerate((1, 2)):
+            result = grid.store.read_json(f"spends/{spend_key(level, **tweaks)}/result.json")
+            assert rows[tweak][column] == f"{result['test_acc']:.2%}"
+
+
+def test_mlflow_holds_one_parent_and_a_child_per_trial(grid):
+    parent, draws, spends = runs_of(grid.root, "tiny")
+    assert parent.info.run_name == "sweep" and parent.info.status == "FINISHED"
+    assert {k: parent.data.tags.get(k) for k in ("stage", "sweep_name", "preset", "kind")} == {
+        "stage": "sweep", "sweep_name": "tiny", "preset": "smoke", "kind": "grid"}
+    assert len(draws) == 1 and len(spends) == 4
+    assert all(r.info.status == "FINISHED" for r in draws + spends)
+    assert sorted((r.data.params["level"], r.data.tags["tweak"]) for r in spends) == [
+        ("1", "swish"), ("1", "vanilla"), ("2", "swish"), ("2", "vanilla")]
+
+
+def test_spend_runs_carry_the_documented_params_and_metrics(grid):
+    client = client_for(grid.root)
+    _, _, spends = runs_of(grid.root, "tiny")
+    levels = {lv["level"]: lv for lv in grid.summary["levels"]}
+    for run in spends:
+        params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+        assert set(params) == SPEND_PARAMS
+        level = int(params["level"])
+        tweaks = {"activation": "swish"} if tags["tweak"] == "swish" else {}
+        key = spend_key(level, **tweaks)
+        assert tags["spend_key"] == key and tags["ticket_key"] == grid.ticket.key
+        assert params == {"dataset": "digits", "arch": "resnet18", "width": "0.125", "seed": "0",
+                          "prune_method": "imp", "level": str(level),
+                          "sparsity": f"{levels[level]['sparsity']:.6f}",  # measured, not the target
+                          "activation": tweaks.get("activation", "relu"), "skip": "none", "label_smoothing": "0",
+                          "kd_alpha": "0", "kd_temperature": "0", "rescale_init": "false", "rewind_epoch": "0"}
+        result = grid.store.read_json(f"spends/{key}/result.json")
+        for name in ("train_loss", "val_acc"):
+            history = client.get_metric_history(run.info.run_id, name)
+            assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+                (r["epoch"], r[name]) for r in result["history"]], name
+        per_epoch_test = [m for m in client.get_metric_history(run.info.run_id, "test_acc")]
+        assert sorted({m.step for m in per_epoch_test}) == list(range(1, EPOCHS + 1))
+        assert FINAL_METRICS <= set(metrics)
+        assert metrics["best_val_acc"] == result["best_val_acc"]
+        assert metrics["test_acc"] == result["test_acc"]  # the final value is the latest, not the last epoch's
+        assert metrics["wall_seconds"] > 0 and metrics["device_seconds"] == pytest.approx(metrics["wall_seconds"])
+        assert metrics["vanilla_test_acc"] == levels[level]["test_acc"]
+        assert metrics["dense_test_acc"] == grid.summary["dense"]["test_acc"]
+
+
+def test_the_draw_run_carries_ticket_params_and_per_level_metrics(grid):
+    client = client_for(grid.root)
+    _, (draw,), _ = runs_of(grid.root, "tiny")
+    assert draw.data.tags["ticket_key"] == grid.ticket.key and draw.data.tags["tweak"] == "vanilla"
+    assert set(draw.data.params) == DRAW_PARAMS and draw.data.params["levels"] == "2"
+    metrics = draw.data.metrics
+    assert metrics["dense_test_acc"] == grid.summary["dense"]["test_acc"]
+    assert metrics["dense_best_val_acc"] == grid.summary["dense"]["best_val_acc"]
+    assert metrics["wall_seconds"] > 0
+    for name, field in (("vanilla_test_acc", "test_acc"), ("level_sparsity", "sparsity")):
+        history = sorted(client.get_metric_history(draw.info.run_id, name), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == [(lv["level"], lv[field]) for lv in grid.summary["levels"]]
+
+
+def test_the_ticket_is_drawn_once_and_shared_by_every_spend(grid):
+    assert [p.name for p in (grid.store_path / "tickets").iterdir()] == [grid.ticket.key]
+    draw_trials = tune_trials(grid.root / "results" / "tiny-draws")
+    spend_trials = tune_trials(grid.root / "results" / "tiny-spends")
+    assert [t.status for t in draw_trials] == ["TERMINATED"]
+    assert len(spend_trials) == 4 and {t.status for t in spend_trials} == {"TERMINATED"}
+    results = sorted((grid.store_path / "spends").glob("*/result.json"))
+    assert len(results) == 4
+    assert {grid.store.read_json(f"spends/{p.parent.name}/result.json")["ticket_key"] for p in results} == {
+        grid.ticket.key}
+    # written by the draw stage, before any spend finished, and never again
+    dense_metrics = grid.store_path / "tickets" / grid.ticket.key / "dense" / "metrics.json"
+    assert dense_metrics.stat().st_mtime_ns < min(p.stat().st_mtime_ns for p in results)
+    client = client_for(grid.root)
+    _, (draw,), _ = runs_of(grid.root, "tiny")
+    assert len(client.get_metric_history(draw.info.run_id, "dense_test_acc")) == 1
+
+
+# ------------------------------------------------------------------------------ plan and early errors
+
+
+def must_not_run(*args, **kwargs):
+    raise AssertionError("work started")
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, monkeypatch):
+    for name in ("init_ray", "check_tracking", "start_parent_run", "draw_stage", "run_tuner"):
+        monkeypatch.setattr(runner, name, must_not_run)
+    run = run_grid(tmp_path, sweep_args(tmp_path, "tiny", "--dry-run"))
+    assert run.code == 0, run.err
+    assert "sweep 'tiny' (grid)" in run.err and "trials:  4" in run.err and "levels:  1, 2" in run.err
+    assert f"draws:   1 ticket(s): {tiny_ticket().key}" in run.err
+    assert f"sqlite:///{tmp_path}/mlflow.db" in run.err
+    assert list(tmp_path.iterdir()) == []  # no MLflow db, no store, no Tune results
+
+
+def closed_port_uri() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there any more
+
+
+def gpus_beyond_the_cluster() -> str:
+    import ray
+
+    return str(int(ray.cluster_resources().get("GPU", 0)) + 1)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (lambda: ["--set", 'combos=[{}, {"activation": "swishy"}]'], "error: tweaks.activation"),
+    (lambda: ["--levels", "3"], "error: levels: level 3 is not drawn: the ticket has levels 0..2"),
+    (lambda: ["--tracking-uri", closed_port_uri()], "error: cannot reach the MLflow tracking server at http://"),
+    (lambda: ["--gpus-per-trial", gpus_beyond_the_cluster()], "GPU but the Ray cluster has"),
+], ids=["unknown-tweak-value", "level-not-drawn", "unreachable-tracking-server", "gpus-not-in-cluster"])
+def test_bad_input_fails_before_any_work(ray_session, tmp_path, monkeypatch, extra, message):
+    monkeypatch.setattr(runner, "start_parent_run", must_not_run)  # fail fast, not after a whole sweep
+    started = time.perf_counter()
+    run = run_grid(tmp_path, sweep_args(tmp_path, "bad", *extra()))
+    assert run.code == 2, run.err[-2000:]
+    assert time.perf_counter() - started < 30  # at once: never waiting on PENDING trials
+    last = run.err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, run.err[-2000:]
+    assert run.out == ""
+    assert list(tmp_path.iterdir()) == []  # no MLflow db, no store, no Tune results
+
+
+# ------------------------------------------------------------------------------------------ faults
+
+
+def test_a_stopped_sweep_resumes_and_runs_only_the_unfinished_trials(grid, tmp_path):
+    """Ctrl-C (SIGINT) while the spends run, then the same command again."""
+    copy_ticket(grid.store_path, tmp_path)
+    argv = sweep_args(tmp_path, "stopped", "--max-concurrent", "1")
+    results = tmp_path / "store" / "spends"
+    sent = threading.Event()
+
+    def interrupt_after_the_first_spend() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(results.glob("*/result.json")):
+            time.sleep(0.02)
+        sent.set()
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's handler stops the experiment and saves its state
+
+    # A stray SIGINT outside Tune's handler must not end the test session.
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        watcher = threading.Thread(target=interrupt_after_the_first_spend, daemon=True)
+        watcher.start()
+        stopped = run_grid(tmp_path, argv)
+        watcher.join(timeout=5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sent.is_set()
+    assert stopped.code == 2, stopped.err[-3000:]
+    assert "did not finish (the sweep was interrupted); rerun the same command" in stopped.err
+    before = {p.parent.name: p.stat().st_mtime_ns for p in results.glob("*/result.json")}
+    trials_before = {t.trial_id: (t.status, t.last_result.get("timestamp"))
+                     for t in tune_trials(tmp_path / "results" / "stopped-spends")}
+    finished_before = {tid for tid, (status, _) in trials_before.items() if status == "TERMINATED"}
+    assert 1 <= len(before) < 4 and 1 <= len(finished_before) < 4, (before, trials_before)
+    parent, _, _ = runs_of(tmp_path, "stopped")
+    assert parent.info.status == "FAILED"
+
+    resumed = run_grid(tmp_path, argv)
+    assert resumed.code == 0, resumed.err[-3000:]
+    assert "restoring stopped-spends" in resumed.err
+    trials_after = {t.trial_id: (t.status, t.last_result.get("timestamp"))
+                    for t in tune_trials(tmp_path / "results" / "stopped-spends")}
+    assert len(trials_after) == 4 and set(trials_before) <= set(trials_after)  # the same experiment, continued
+    assert {status for status, _ in trials_after.values()} == {"TERMINATED"}
+    for tid in finished_before:  # a finished trial did not run again
+        assert trials_after[tid] == trials_before[tid]
+    after = {p.parent.name: p.stat().st_mtime_ns for p in results.glob("*/result.json")}
+    assert len(after) == 4 and all(after[key] == mtime for key, mtime in before.items())
+    # MLflow: still one parent, one child per trial, one value per epoch
+    parent, draws, spends = runs_of(tmp_path, "stopped")
+    assert parent.info.status == "FINISHED" and len(draws) == 1 and len(spends) == 4
+    assert len({r.data.tags["trial_key"] for r in spends}) == 4
+    client = client_for(tmp_path)
+    for run in spends:
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), (run.data.tags["tweak"], steps)
+        assert run.data.metrics["test_acc"] == grid.store.read_json(
+            f"spends/{run.data.tags['spend_key']}/result.json")["test_acc"]  # same numbers as the grid
+
+
+class Killed(Exception):
+    """Stands in for a process killed right after an epoch's checkpoint was taken."""
+
+
+def checkpoint_after_epoch_1(cfg: SpendConfig, store: ArtifactStore) -> dict:
+    saved: dict = {}
+
+    def die(record, payload) -> None:
+        if record.epoch == 1:
+            saved.update(payload())
+            raise Killed
+
+    with pytest.raises(Killed):
+        spend(cfg, store, on_epoch=die, persist_checkpoints=False)
+    return saved
+
+
+def assert_same_spend(store: ArtifactStore, reference: ArtifactStore, key: str) -> dict:
+    result, expected = (s.read_json(f"spends/{key}/result.json") for s in (store, reference))
+    for field in ("best_epoch", "best_val_acc", "test_acc", "final_val_acc", "final_test_acc"):
+        assert result[field] == expected[field], field
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in result["history"]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in expected["history"]]
+    weights, expected_weights = (s.read_tensors(f"spends/{key}/final.safetensors") for s in (store, reference))
+    assert weights.keys() == expected_weights.keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, expected_weights[name]), name
+    return result
+
+
+def test_a_spend_resumed_from_its_checkpoint_ends_like_an_uninterrupted_one(grid, tmp_path):
+    copy_ticket(grid.store_path, tmp_path)
+    store = ArtifactStore(str(tmp_path / "store"))
+    cfg = SpendConfig(ticket=grid.ticket, level=2, tweaks=TweakConfig(activation="swish"))
+    payload = checkpoint_after_epoch_1(cfg, store)
+    assert payload["epoch"] == 1 and not store.exists(f"spends/{cfg.key}/result.json")
+    assert not store.exists(f"spends/{cfg.key}/checkpoint.pt")  # persist_checkpoints=False: Ray keeps it
+    spend(cfg, store, resume=payload, persist_checkpoints=False)
+    assert_same_spend(store, grid.store, cfg.key)  # the grid ran it without interruption
+
+
+def test_the_spend_trainable_counts_the_epochs_before_its_checkpoint(grid, tmp_path, monkeypatch):
+    """The best epoch may lie before the checkpoint a trial resumed from: the numbers a restored
+    trial reports to Tune (and the summary table prints) must still be those of the whole run."""
+    import trainables.spend as spend_module
+    from ray import tune
+
+    copy_ticket(grid.store_path, tmp_path)
+    store = ArtifactStore(str(tmp_path / "store"))
+    cfg = SpendConfig(ticket=grid.ticket, level=1)
+    payload = checkpoint_after_epoch_1(cfg, store)
+    payload["history"][0]["val_acc"] = 1.0  # epoch 1 validated best
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    torch.save(payload, folder / spend_module.STATE_FILE)
+    reports = []
+    fake_tune = SimpleNamespace(Checkpoint=tune.Checkpoint,
+                                get_checkpoint=lambda: tune.Checkpoint.from_directory(str(folder)),
+                                report=lambda metrics, checkpoint=None: reports.append(metrics))
+    monkeypatch.setattr(spend_module, "tune", fake_tune)
+    config = {"store": str(tmp_path / "store"), "tracking_uri": None, "parent_run_id": None,
+              "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "spend_recipe": None,
+              "ticket": to_dict(grid.ticket), "level": 1, "tweaks": to_dict(TweakConfig()), "seed": 0}
+    spend_module.spend_trainable(config)
+    assert [r["epoch"] for r in reports] == [2]  # resumed after epoch 1
+    result = store.read_json(f"spends/{cfg.key}/result.json")
+    assert result["best_epoch"] == 1 and result["best_val_acc"] == 1.0
+    assert reports[-1]["best_val_acc"] == 1.0
+    assert reports[-1]["best_test_acc"] == result["test_acc"] == payload["history"][0]["test_acc"]
+
+
+def test_a_trial_killed_mid_run_resumes_from_its_ray_checkpoint(grid, tmp_path):
+    """SIGKILL of the trial's worker process while it reports epoch 2 (after logging it to MLflow,
+    before its checkpoint reached Tune): Tune restarts it from the epoch-1 checkpoint."""
+    from ray import tune
+
+    copy_ticket(grid.store_path, tmp_path)
+    marker = str(tmp_path / "killed.pid")
+
+    def killed_once(config):  # a closure: Ray pickles it by value into the worker
+        import os
+        import signal
+
+        import trainables.spend as spend_module
+
+        real = spend_module.tune
+
+        class KillAtEpoch2:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def report(self, metrics, checkpoint=None):
+                if metrics.get("epoch") == 2 and not os.path.exists(marker):
+                    with open(marker, "w") as f:
+                        f.write(str(os.getpid()))
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real.report(metrics, checkpoint=checkpoint)
+
+        spend_module.tune = KillAtEpoch2()
+        try:
+            spend_module.spend_trainable(config)
+        finally:
+            spend_module.tune = real
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    sweep = sweep_from_args(parser.parse_args(sweep_args(tmp_path, "killed", "--levels", "1", "--set", "combos=[{}]")))
+    with contextlib.chdir(tmp_path):
+        parent = runner.start_parent_run(sweep, "smoke", "grid")
+    results = runner.run_tuner("killed-spends", killed_once, sweep, full_grid.spend_space(sweep, parent),
+                               tune.TuneConfig(metric="val_acc", mode="max"))
+    runner.finish_parent_run(sweep, parent, "FINISHED")
+
+    assert Path(marker).is_file() and int(Path(marker).read_text()) != os.getpid()  # a worker was killed
+    (result,) = list(results)
+    assert result.error is None
+    assert result.metrics["epoch"] == EPOCHS and result.metrics["iterations_since_restore"] == 1  # from epoch 1
+    key = spend_key(1)
+    expected = assert_same_spend(ArtifactStore(str(tmp_path / "store")), grid.store, key)
+    assert result.metrics["best_test_acc"] == expected["test_acc"]
+    _, _, (run,) = runs_of(tmp_path, "killed")
+    assert run.info.status == "FINISHED" and run.data.tags["spend_key"] == key
+    steps = [m.step for m in client_for(tmp_path).get_metric_history(run.info.run_id, "val_acc")]
+    assert sorted(steps) == list(range(1, EPOCHS + 1))  # epoch 2 was logged once, not again after the restart
