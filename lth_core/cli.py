@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, to_dict
+from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping
+from lth_core.flags import FlagTable, add_flags, deep_merge, overrides
 from lth_core.training import EpochRecord
 
 DEFAULT_STORE = "artifacts"
 
-# flag -> (dotted field inside a TicketConfig, type)
-TICKET_FLAGS: dict[str, tuple[str, Any, str]] = {
+# flag -> (dotted field inside a TicketConfig, kind, help); kinds: lth_core.flags
+TICKET_FLAGS: FlagTable = {
     "--dataset": ("data.name", str, "digits | cifar10 | cifar100 | tinyimagenet"),
     "--data-root": ("data.root", str, "folder holding the CIFAR or Tiny-ImageNet files"),
     "--val-fraction": ("data.val_fraction", float, "share of the training set held out for validation"),
@@ -43,97 +44,31 @@ TICKET_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--keep-epochs": ("keep_epochs", "ints", "dense-run epochs kept as rewind points, comma separated"),
 }
 
-SPEND_FLAGS: dict[str, tuple[str, Any, str]] = {
+SPEND_FLAGS: FlagTable = {
     "--level": ("level", int, "pruning level to spend (0 = the dense net)"),
     "--spend-seed": ("seed", int, "seed of the re-training"),
     "--activation": ("tweaks.activation", str, "relu | swish | mish | gelu | elu | softplus | pswish"),
     "--skip": ("tweaks.skip", str, "none | identity | conv1x1"),
     "--label-smoothing": ("tweaks.label_smoothing", float, "label smoothing ratio in [0, 1)"),
     "--kd": ("tweaks.kd", "kd", "distil from the dense net: ALPHA,T (e.g. 0.9,5)"),
-    "--rescale-init": ("tweaks.rescale_init", "flag", "GradInit layer-wise re-scaled initialisation"),
+    "--rescale-init": ("tweaks.rescale_init", "section", "GradInit layer-wise re-scaled initialisation"),
     "--rescale-iterations": ("tweaks.rescale_init.iterations", int, "GradInit iterations"),
     "--rewind-epoch": ("tweaks.rewind_epoch", int, "start from the dense run's weights at this epoch"),
     "--spend-epochs": ("recipe.epochs", int, "re-training epochs (default: the ticket's recipe)"),
 }
 
 
-def _parse_value(kind: Any, text: str, flag: str) -> Any:
-    try:
-        if kind == "ints":
-            return [int(v) for v in text.split(",") if v.strip()]
-        if kind == "floats":
-            return [float(v) for v in text.split(",") if v.strip()]
-        if kind == "kd":
-            alpha, temperature = (float(v) for v in text.split(","))
-            return {"alpha": alpha, "temperature": temperature}
-        return kind(text)
-    except ValueError:
-        raise ConfigError(flag, f"cannot read {text!r}") from None
-
-
-def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        node = tree.get(p)
-        if not isinstance(node, dict):
-            node = tree[p] = {}
-        tree = node
-    if isinstance(value, dict) and isinstance(tree.get(leaf), dict):
-        tree[leaf].update(value)
-    elif not (value == {} and isinstance(tree.get(leaf), dict)):
-        tree[leaf] = value
-
-
-def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, Any, str]]) -> None:
-    for flag, (_, kind, help_text) in flags.items():
-        if kind == "flag":
-            parser.add_argument(flag, action="store_true", default=None, help=help_text)
-        else:
-            parser.add_argument(flag, default=None, metavar=flag.strip("-").split("-")[-1].upper(), help=help_text)
-
-
-def _overrides(args: argparse.Namespace, flags: dict[str, tuple[str, Any, str]], prefix: str) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for flag, (dotted, kind, _) in flags.items():
-        raw = getattr(args, flag.strip("-").replace("-", "_"))
-        if raw is None:
-            continue
-        value = {} if kind == "flag" else _parse_value(kind, raw, flag)
-        _set(tree, prefix + dotted, value)
-    return tree
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _load_file(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("--config", f"file {path} not found")
-    import yaml
-
-    data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
-    if not isinstance(data, dict):
-        raise ConfigError("--config", f"{path} must hold a mapping")
-    return data
+def _from_file(args: argparse.Namespace) -> dict[str, Any]:
+    return read_mapping(args.config) if args.config else {}
 
 
 def ticket_from_args(args: argparse.Namespace) -> TicketConfig:
-    data = _merge(_load_file(args.config), _overrides(args, TICKET_FLAGS, ""))
-    return from_dict(TicketConfig, data)
+    return from_dict(TicketConfig, deep_merge(_from_file(args), overrides(args, TICKET_FLAGS)))
 
 
 def spend_from_args(args: argparse.Namespace) -> SpendConfig:
-    data = _load_file(args.config)
-    data = _merge(data, _overrides(args, TICKET_FLAGS, "ticket."))
-    data = _merge(data, _overrides(args, SPEND_FLAGS, ""))
-    return from_dict(SpendConfig, data)
+    data = deep_merge(_from_file(args), overrides(args, TICKET_FLAGS, "ticket."))
+    return from_dict(SpendConfig, deep_merge(data, overrides(args, SPEND_FLAGS)))
 
 
 class StageProgress:
@@ -251,25 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("draw", help="train the dense net and draw every pruning level (cached)")
     common(p)
-    _add_flags(p, TICKET_FLAGS)
+    add_flags(p, TICKET_FLAGS)
     p.set_defaults(run=cmd_draw)
 
     p = sub.add_parser("spend", help="re-train one level of a ticket with tweaks (draws it first if needed)")
     common(p)
-    _add_flags(p, TICKET_FLAGS)
-    _add_flags(p, SPEND_FLAGS)
+    add_flags(p, TICKET_FLAGS)
+    add_flags(p, SPEND_FLAGS)
     p.set_defaults(run=cmd_spend)
 
     p = sub.add_parser("show", help="print the per-level table of a stored draw")
     common(p)
     p.add_argument("--key", help="ticket key (instead of ticket flags)")
-    _add_flags(p, TICKET_FLAGS)
+    add_flags(p, TICKET_FLAGS)
     p.set_defaults(run=cmd_show)
 
     p = sub.add_parser("analyze", help="activation sparsity, Hessian eigenvalues and loss landscape of a spend")
     common(p)
-    _add_flags(p, TICKET_FLAGS)
-    _add_flags(p, SPEND_FLAGS)
+    add_flags(p, TICKET_FLAGS)
+    add_flags(p, SPEND_FLAGS)
     p.add_argument("--out", help="output folder (default analysis/<spend key>)")
     p.add_argument("--compare-activations", default="relu,swish",
                    help="activations to compare in the sparsity table, comma separated")

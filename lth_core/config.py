@@ -398,14 +398,21 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
     return value
 
 
-def load_config(cls: type[Config], path: str | Path) -> Config:
-    """Read a config from a .json, .yaml or .yml file."""
+def read_mapping(path: str | Path, field: str = "--config") -> dict[str, Any]:
+    """A JSON (.json) or YAML file holding a mapping of config fields."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(str(path), "config file not found")
+        raise ConfigError(field, f"config file {path} not found")
     text = path.read_text()
     data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    return from_dict(cls, data)
+    if not isinstance(data, dict):
+        raise ConfigError(field, f"{path} must hold a mapping of config fields")
+    return data
+
+
+def load_config(cls: type[Config], path: str | Path) -> Config:
+    """Read a config from a .json, .yaml or .yml file."""
+    return from_dict(cls, read_mapping(path, str(path)))
 
 
 def dump_config(config: Any, path: str | Path) -> None:

@@ -7,8 +7,6 @@ Everything is validated before Ray, MLflow or any training starts.
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,8 @@ from typing import Any
 import yaml
 
 from lth_core.config import (ConfigError, RecipeConfig, SpendConfig, TicketConfig, TweakConfig, from_dict,
-                             replace, to_dict)
+                             read_mapping, replace, to_dict)
+from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, set_dotted
 
 
 @dataclass(frozen=True)
@@ -156,8 +155,8 @@ def _paper() -> dict[str, Any]:
 
 PRESETS = {"smoke": _smoke, "paper": _paper}
 
-# flag -> (dotted field of SweepConfig, type, help)
-FLAGS: dict[str, tuple[str, Any, str]] = {
+# flag -> (dotted field of SweepConfig, kind, help); kinds: lth_core.flags
+FLAGS: FlagTable = {
     "--name": ("name", str, "sweep name: MLflow experiment, Ray Tune experiment (rerun it to resume)"),
     "--store": ("store", str, "artifact store: folder or pyarrow URI (s3://bucket/prefix); default $LTH_STORE_URI or ./artifacts"),
     "--tracking-uri": ("tracking_uri", str, "MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"),
@@ -192,39 +191,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML or JSON file with SweepConfig fields, laid over the preset")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any field, e.g. --set ticket.recipe.lr=0.05 (value parsed as YAML)")
-    for flag, (_, kind, help_text) in FLAGS.items():
-        if kind == "flag":
-            parser.add_argument(flag, action="store_true", default=None, help=help_text)
-        else:
-            parser.add_argument(flag, default=None, help=help_text)
+    add_flags(parser, FLAGS)
     parser.add_argument("--dry-run", action="store_true", help="print the plan (draws, trials, resources) and exit")
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        if not isinstance(tree.get(p), dict):
-            tree[p] = {}
-        tree = tree[p]
-    tree[leaf] = value
-
-
-def _parse_flag(kind: Any, raw: str, flag: str) -> Any:
-    try:
-        if kind == "ints":
-            return [int(v) for v in raw.split(",") if v.strip()]
-        if kind == "flag":
-            return True
-        return kind(raw)
-    except ValueError:
-        raise ConfigError(flag, f"cannot read {raw!r}") from None
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
@@ -234,22 +202,13 @@ def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
     if os.environ.get("RAY_ADDRESS"):
         data.setdefault("ray_address", os.environ["RAY_ADDRESS"])
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError("--config", f"file {path} not found")
-        extra = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-        if not isinstance(extra, dict):
-            raise ConfigError("--config", f"{path} must hold a mapping of SweepConfig fields")
-        data = _deep_merge(data, extra)
-    for flag, (dotted, kind, _) in FLAGS.items():
-        raw = getattr(args, flag.strip("-").replace("-", "_"))
-        if raw is not None:
-            _set_dotted(data, dotted, _parse_flag(kind, raw, flag))
+        data = deep_merge(data, read_mapping(args.config))
+    data = deep_merge(data, overrides(args, FLAGS))
     for item in args.set:
         field, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError("--set", f"{item!r}: use FIELD=VALUE")
-        _set_dotted(data, field.strip(), yaml.safe_load(raw))
+        set_dotted(data, field.strip(), yaml.safe_load(raw))
     return resolve_paths(from_dict(SweepConfig, data))
 
 

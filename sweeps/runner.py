@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lth_core.config import ConfigError, to_dict
@@ -38,7 +39,8 @@ def start_parent_run(sweep: SweepConfig, preset: str, kind: str, extra_tags: dic
 
     client = MlflowClient(sweep.tracking_uri)
     experiment = client.get_experiment_by_name(sweep.name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep.name)
+    experiment_id = (experiment.experiment_id if experiment
+                     else client.create_experiment(sweep.name, artifact_location=_artifact_location(sweep)))
     found = client.search_runs([experiment_id], filter_string=f"tags.stage = 'sweep' and tags.kind = '{kind}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
     tags = {"stage": "sweep", "sweep_name": sweep.name, "preset": preset, "kind": kind, **(extra_tags or {})}
@@ -51,6 +53,15 @@ def start_parent_run(sweep: SweepConfig, preset: str, kind: str, extra_tags: dic
     run = client.create_run(experiment_id, tags=tags, run_name="sweep")
     client.log_dict(run.info.run_id, to_dict(sweep), "sweep_config.json")
     return run.info.run_id
+
+
+def _artifact_location(sweep: SweepConfig) -> str | None:
+    """Beside a sqlite tracking database (not in whatever folder the sweep was started from)."""
+    prefix = "sqlite:///"
+    if not sweep.tracking_uri.startswith(prefix):
+        return None  # a server decides
+    folder = Path(sweep.tracking_uri[len(prefix):]).parent / "mlartifacts" / sweep.name
+    return folder.resolve().as_uri()
 
 
 def finish_parent_run(sweep: SweepConfig, run_id: str, status: str) -> None:
