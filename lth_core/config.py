@@ -392,6 +392,9 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             raise ConfigError(path, f"expected true or false, got {value!r}")
         return value
     if hint is str:
+        if isinstance(value, bool):
+            raise ConfigError(path, f"expected a string, got {value!r} (YAML reads unquoted off/on/yes/no "
+                                    "as booleans: quote the value)")
         if not isinstance(value, str):
             raise ConfigError(path, f"expected a string, got {value!r}")
         return value

@@ -76,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
                      if sweep.asha else None)
         tune_config = tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler,
                                       max_concurrent_trials=sweep.max_concurrent or None, reuse_actors=True)
-        results = runner.run_tuner(f"{sweep.name}-spends", spend_trainable, sweep, spend_space(sweep, parent),
-                                   tune_config, expected_trials=trials)
+        space = spend_space(sweep, parent)
+        name = runner.experiment_name(f"{sweep.name}-spends", space)
+        results = runner.run_tuner(name, spend_trainable, sweep, space, tune_config, expected_trials=trials)
+        if not sweep.asha:  # ASHA stops trials on purpose
+            runner.require_stored(sweep, [f"spends/{s.key}/result.json" for s in sweep.spends()], name)
         status = "FINISHED"
     finally:
         runner.finish_parent_run(sweep, parent, status)

@@ -3,6 +3,7 @@ resource checks, restorable Tuners and the closing summary."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 import urllib.error
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lth_core.config import ConfigError, to_dict
+from lth_core.config import ConfigError, canonical_json, to_dict
 from sweeps.config import SweepConfig, trial_base
 
 
@@ -131,11 +132,30 @@ def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: d
                          f"Fix the cause and rerun the same command: finished trials are kept.")
     total = max(len(results), expected_trials or 0)
     if results.num_terminated < total:  # Tune returns normally after a Ctrl-C/SIGINT
-        hint = (f" (If it was not: {path} holds an earlier sweep of this name with another grid; "
-                "pick a new --name.)" if restored else "")
-        raise SweepError(f"{total - results.num_terminated} of {total} trials of {name} did not finish (the sweep "
-                         f"was interrupted); rerun the same command to resume: finished trials are kept.{hint}")
+        raise_unfinished(total - results.num_terminated, total, name)
     return results
+
+
+def experiment_name(base: str, param_space: dict[str, Any]) -> str:
+    """`base` plus a fingerprint of the trials' configs: rerunning the same sweep restores its Tune
+    experiment, while a changed grid starts a new one instead of restoring stale trials (finished
+    spends of the old grid are read back from the store in seconds)."""
+    return f"{base}-{hashlib.sha256(canonical_json(param_space).encode()).hexdigest()[:8]}"
+
+
+def raise_unfinished(missing: int, total: int, name: str) -> None:
+    raise SweepError(f"{missing} of {total} trials of {name} did not finish (the sweep was interrupted); "
+                     "rerun the same command to resume: finished trials are kept.")
+
+
+def require_stored(sweep: SweepConfig, paths: list[str], name: str) -> None:
+    """Every trial's result must be in the store: Tune can count a trial stopped by Ctrl-C as terminated."""
+    from lth_core.store import ArtifactStore
+
+    store = ArtifactStore(sweep.store)
+    missing = sum(not store.exists(p) for p in paths)
+    if missing:
+        raise_unfinished(missing, len(paths), name)
 
 
 def draw_stage(sweep: SweepConfig, parent_run_id: str | None) -> None:
@@ -144,9 +164,11 @@ def draw_stage(sweep: SweepConfig, parent_run_id: str | None) -> None:
 
     from trainables.draw import draw_trainable
 
-    space = {**trial_base(sweep, parent_run_id),
-             "ticket": tune.grid_search([to_dict(t) for t in sweep.tickets()])}
-    run_tuner(f"{sweep.name}-draws", draw_trainable, sweep, space, expected_trials=len(sweep.tickets()))
+    tickets = sweep.tickets()
+    space = {**trial_base(sweep, parent_run_id), "ticket": tune.grid_search([to_dict(t) for t in tickets])}
+    name = experiment_name(f"{sweep.name}-draws", space)
+    run_tuner(name, draw_trainable, sweep, space, expected_trials=len(tickets))
+    require_stored(sweep, [f"tickets/{t.key}/summary.json" for t in tickets], name)
 
 
 def plan_text(sweep: SweepConfig, trials: int, kind: str) -> str:

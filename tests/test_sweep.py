@@ -79,9 +79,11 @@ def runs_of(root: Path, name: str) -> tuple[object, list, list]:
     return parents[0], draws, spends
 
 
-def tune_trials(path: Path) -> list:
+def tune_trials(results_dir: Path, base: str) -> list:
+    """Trials of the one Tune experiment named `base`-<fingerprint> under `results_dir`."""
     from ray.tune import ExperimentAnalysis
 
+    (path,) = results_dir.glob(f"{base}-????????")
     return ExperimentAnalysis(str(path)).trials
 
 
@@ -175,8 +177,8 @@ def test_the_draw_run_carries_ticket_params_and_per_level_metrics(grid):
 
 def test_the_ticket_is_drawn_once_and_shared_by_every_spend(grid):
     assert [p.name for p in (grid.store_path / "tickets").iterdir()] == [grid.ticket.key]
-    draw_trials = tune_trials(grid.root / "results" / "tiny-draws")
-    spend_trials = tune_trials(grid.root / "results" / "tiny-spends")
+    draw_trials = tune_trials(grid.root / "results", "tiny-draws")
+    spend_trials = tune_trials(grid.root / "results", "tiny-spends")
     assert [t.status for t in draw_trials] == ["TERMINATED"]
     assert len(spend_trials) == 4 and {t.status for t in spend_trials} == {"TERMINATED"}
     results = sorted((grid.store_path / "spends").glob("*/result.json"))
@@ -271,7 +273,7 @@ def test_a_stopped_sweep_resumes_and_runs_only_the_unfinished_trials(grid, tmp_p
     assert "did not finish (the sweep was interrupted); rerun the same command" in stopped.err
     before = {p.parent.name: p.stat().st_mtime_ns for p in results.glob("*/result.json")}
     trials_before = {t.trial_id: (t.status, t.last_result.get("timestamp"))
-                     for t in tune_trials(tmp_path / "results" / "stopped-spends")}
+                     for t in tune_trials(tmp_path / "results", "stopped-spends")}
     finished_before = {tid for tid, (status, _) in trials_before.items() if status == "TERMINATED"}
     assert 1 <= len(before) < 4 and 1 <= len(finished_before) < 4, (before, trials_before)
     parent, _, _ = runs_of(tmp_path, "stopped")
@@ -279,9 +281,9 @@ def test_a_stopped_sweep_resumes_and_runs_only_the_unfinished_trials(grid, tmp_p
 
     resumed = run_grid(tmp_path, argv)
     assert resumed.code == 0, resumed.err[-3000:]
-    assert "restoring stopped-spends" in resumed.err
+    assert "restoring stopped-spends-" in resumed.err
     trials_after = {t.trial_id: (t.status, t.last_result.get("timestamp"))
-                    for t in tune_trials(tmp_path / "results" / "stopped-spends")}
+                    for t in tune_trials(tmp_path / "results", "stopped-spends")}
     assert len(trials_after) == 4 and set(trials_before) <= set(trials_after)  # the same experiment, continued
     assert {status for status, _ in trials_after.values()} == {"TERMINATED"}
     for tid in finished_before:  # a finished trial did not run again
@@ -426,3 +428,22 @@ def test_a_trial_killed_mid_run_resumes_from_its_ray_checkpoint(grid, tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["spend_key"] == key
     steps = [m.step for m in client_for(tmp_path).get_metric_history(run.info.run_id, "val_acc")]
     assert sorted(steps) == list(range(1, EPOCHS + 1))  # epoch 2 was logged once, not again after the restart
+
+
+def test_a_changed_grid_under_the_same_name_runs_the_new_trials(grid, tmp_path):
+    """Tune's restore would hand back the old grid's trials: a changed grid gets its own experiment,
+    and the spends both grids share come back from the store without training again."""
+    shutil.copytree(grid.root / "store", tmp_path / "store")
+    shutil.copytree(grid.root / "results", tmp_path / "results")
+    shutil.copy(grid.root / "mlflow.db", tmp_path / "mlflow.db")
+    shared = grid.store_path / "spends" / spend_key(2) / "result.json"
+    argv = sweep_args(tmp_path, "tiny", "--levels", "2")
+    argv[argv.index('combos=[{}, {"activation": "swish"}]')] = 'combos=[{}, {"activation": "mish"}]'
+    before = (tmp_path / "store" / "spends" / spend_key(2) / "result.json").stat().st_mtime_ns
+    changed = run_grid(tmp_path, argv)
+    assert changed.code == 0, changed.err[-3000:]
+    assert "mish" in changed.out and "swish" not in changed.out
+    assert (tmp_path / "store" / "spends" / spend_key(2, activation="mish") / "result.json").exists()
+    assert (tmp_path / "store" / "spends" / spend_key(2) / "result.json").stat().st_mtime_ns == before
+    assert shared.exists()
+    assert len(list((tmp_path / "results").glob("tiny-spends-*"))) == 2

@@ -29,7 +29,7 @@ def draw_trainable(config: dict[str, Any]) -> None:
 
     def on_stage_epoch(stage: str, record: EpochRecord) -> None:
         tune.report({"stage": stage, "epoch": record.epoch, "val_acc": record.val_acc,
-                     "test_acc": record.test_acc, "done": False})
+                     "test_acc": record.test_acc})
 
     try:
         summary = draw(ticket, ArtifactStore(config["store"]), on_stage_epoch)
@@ -46,5 +46,4 @@ def draw_trainable(config: dict[str, Any]) -> None:
         run.log_metrics({"wall_seconds": summary["dense"]["wall_seconds"]
                          + sum(lv["wall_seconds"] for lv in summary["levels"])})
         run.finish()
-    tune.report({"stage": "done", "ticket_key": ticket.key, "dense_test_acc": summary["dense"]["test_acc"],
-                 "done": True})
+    tune.report({"stage": "finished", "ticket_key": ticket.key, "dense_test_acc": summary["dense"]["test_acc"]})
