@@ -17,7 +17,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lth_core.cli import format_levels  # noqa: E402
 from lth_core.config import to_dict  # noqa: E402
+from lth_core.store import ArtifactStore  # noqa: E402
 from sweeps import runner  # noqa: E402
 from sweeps.config import SweepConfig, add_arguments, sweep_from_args, trial_base  # noqa: E402
 
@@ -59,12 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print(runner.plan_text(sweep, trials, "grid"), file=sys.stderr)
     if args.dry_run:
         return 0
-    runner.check_tracking(sweep.tracking_uri)
-    runner.init_ray(sweep)
-    runner.check_resources(sweep)
-    parent = runner.start_parent_run(sweep, args.preset, "grid")
-    status = "FAILED"
-    try:
+    with runner.sweep_session(sweep, args.preset, "grid") as parent:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
 
@@ -81,9 +78,9 @@ def run(args: argparse.Namespace) -> int:
         results = runner.run_tuner(name, spend_trainable, sweep, space, tune_config, expected_trials=trials)
         if not sweep.asha:  # ASHA stops trials on purpose
             runner.require_stored(sweep, [f"spends/{s.key}/result.json" for s in sweep.spends()], name)
-        status = "FINISHED"
-    finally:
-        runner.finish_parent_run(sweep, parent, status)
+    store = ArtifactStore(sweep.store)
+    for ticket in sweep.tickets():  # vanilla LTH per level, from the draw
+        print(format_levels(store.read_json(f"tickets/{ticket.key}/summary.json")) + "\n")
     print(summary_table(results))
     print(f"\nsweep {sweep.name!r} finished in {runner.elapsed(started)}: {trials} trials.\n"
           f"MLflow UI: {runner.mlflow_ui_hint(sweep)}")
@@ -91,11 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return runner.main_guard(lambda: run(args))
+    return runner.cli_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

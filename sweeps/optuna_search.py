@@ -414,28 +414,20 @@ def run(args: argparse.Namespace) -> int:
     print(plan(sweep), file=sys.stderr)
     if args.dry_run:
         return 0
-    runner.check_tracking(sweep.tracking_uri)
     storage = open_storage(sweep.optuna_storage)
     space = optuna_space(sweep)
     studies = level_studies(sweep)
     prefixes = study_prefixes(sweep)
-    runner.init_ray(sweep)
-    runner.check_resources(sweep)
     extra_tags = {"optuna_storage": sweep.optuna_storage, "optuna_study_prefix": prefixes[0][1]}
     if len(prefixes) > 1:
         extra_tags["optuna_study_prefixes"] = ",".join(p for _, p in prefixes)
-    parent = runner.start_parent_run(sweep, args.preset, "optuna", extra_tags=extra_tags)
-    status = "FAILED"
     new_trials = 0
-    try:
+    with runner.sweep_session(sweep, args.preset, "optuna", extra_tags) as parent:
         runner.draw_stage(sweep, parent)
         for study in studies:
             new_trials += search_level(sweep, study, storage, space, parent)
         entries = [best_of(sweep, study, storage) for study in studies]
         log_best(sweep, parent, entries, with_ticket=len(prefixes) > 1)
-        status = "FINISHED"
-    finally:
-        runner.finish_parent_run(sweep, parent, status)
     print(best_table(entries, with_ticket=len(prefixes) > 1))
     print(f"\noptuna search {sweep.name!r} finished in {runner.elapsed(started)}: {new_trials} new trial(s) in "
           f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} ({redact(sweep.optuna_storage)}).\n"
@@ -444,11 +436,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return runner.main_guard(lambda: run(args))
+    return runner.cli_main(__doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

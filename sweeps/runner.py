@@ -3,12 +3,14 @@ resource checks, restorable Tuners and the closing summary."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,10 +195,32 @@ def mlflow_ui_hint(sweep: SweepConfig) -> str:
     return f"mlflow ui --backend-store-uri {sweep.tracking_uri}  # then open http://127.0.0.1:5000"
 
 
-def main_guard(run: Callable[[], int]) -> int:
-    """Turn configuration and sweep errors into one clear line and exit status 2."""
+@contextlib.contextmanager
+def sweep_session(sweep: SweepConfig, preset: str, kind: str,
+                  extra_tags: dict[str, str] | None = None) -> Iterator[str]:
+    """Check the tracking server, start (or join) Ray, check resources, open the parent run and
+    yield its id; the parent run ends FINISHED only when the body completes."""
+    check_tracking(sweep.tracking_uri)
+    init_ray(sweep)
+    check_resources(sweep)
+    parent = start_parent_run(sweep, preset, kind, extra_tags)
+    status = "FAILED"
     try:
-        return run()
+        yield parent
+        status = "FINISHED"
+    finally:
+        finish_parent_run(sweep, parent, status)
+
+
+def cli_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+    """Parse, run, and turn configuration and sweep errors into one clear line and exit status 2."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
     except (ConfigError, SweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
