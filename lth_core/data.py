@@ -189,6 +189,24 @@ def _dataset_dir(root: Path, folder: str, url: str) -> Path:
     return root / folder if (root / folder).is_dir() else root
 
 
+def check_files(cfg: DataConfig) -> None:
+    """Fail fast, without reading any image, when a data set's files are missing: a sweep calls
+    this before it starts any worker."""
+    if cfg.name == "digits":
+        return
+    root = Path(cfg.root).expanduser()
+    if cfg.name in ("cifar10", "cifar100"):
+        folder, files = (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])
+                         if cfg.name == "cifar10" else ("cifar-100-python", ["train", "test"]))
+        url = CIFAR_URL
+    else:
+        folder, files, url = "tiny-imagenet-200", ["wnids.txt", "train", "val/val_annotations.txt"], TINYIMAGENET_URL
+    base = _dataset_dir(root, folder, url)
+    for name in files:
+        if not (base / name).exists():
+            raise _not_found(base / name, url, folder)
+
+
 # ------------------------------------------------------------------ CIFAR
 
 class RestrictedUnpickler(pickle.Unpickler):

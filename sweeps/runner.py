@@ -201,6 +201,13 @@ def sweep_session(sweep: SweepConfig, preset: str, kind: str,
     """Check the tracking server, start (or join) Ray, check resources, open the parent run and
     yield its id; the parent run ends FINISHED only when the body completes."""
     check_tracking(sweep.tracking_uri)
+    if sweep.ray_address == "local":  # on a cluster the data lives on the workers, not necessarily here
+        from lth_core.data import DatasetNotFoundError, check_files
+
+        try:
+            check_files(sweep.ticket.data)
+        except DatasetNotFoundError as e:
+            raise SweepError(str(e)) from None
     init_ray(sweep)
     check_resources(sweep)
     parent = start_parent_run(sweep, preset, kind, extra_tags)

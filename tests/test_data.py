@@ -367,3 +367,16 @@ def test_batches_on_gpu(generator_device):
     assert x.device.type == y.device.type == "cuda"
     for out, label in zip(x.cpu(), y.cpu()):
         assert len(_matching(out.round().to(torch.uint8), ds.train_x[label].cpu(), padding=2)) == 1
+
+
+def test_check_files_fails_fast_without_reading_images(tmp_path):
+    from lth_core.data import check_files
+
+    check_files(DataConfig())  # digits ships with scikit-learn
+    folder = _write_cifar10(tmp_path)
+    check_files(DataConfig(name="cifar10", root=str(tmp_path)))
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DatasetNotFoundError, match="data_batch_3 not found.*--data-root"):
+        check_files(DataConfig(name="cifar10", root=str(tmp_path)))
+    with pytest.raises(DatasetNotFoundError, match="tiny-imagenet-200"):
+        check_files(DataConfig(name="tinyimagenet", root=str(tmp_path)))

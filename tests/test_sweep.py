@@ -229,7 +229,9 @@ def gpus_beyond_the_cluster() -> str:
     (lambda: ["--levels", "3"], "error: levels: level 3 is not drawn: the ticket has levels 0..2"),
     (lambda: ["--tracking-uri", closed_port_uri()], "error: cannot reach the MLflow tracking server at http://"),
     (lambda: ["--gpus-per-trial", gpus_beyond_the_cluster()], "GPU but the Ray cluster has"),
-], ids=["unknown-tweak-value", "level-not-drawn", "unreachable-tracking-server", "gpus-not-in-cluster"])
+    (lambda: ["--dataset", "cifar100", "--data-root", "/nonexistent"], "https://www.cs.toronto.edu/~kriz/cifar.html"),
+], ids=["unknown-tweak-value", "level-not-drawn", "unreachable-tracking-server", "gpus-not-in-cluster",
+        "data-files-missing"])
 def test_bad_input_fails_before_any_work(ray_session, tmp_path, monkeypatch, extra, message):
     monkeypatch.setattr(runner, "start_parent_run", must_not_run)  # fail fast, not after a whole sweep
     started = time.perf_counter()
