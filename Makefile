@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # small models down by orders of magnitude. Ray gives each trial its own thread count.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test sweep optuna report bench clean
+.PHONY: setup test sweep optuna report report-optuna bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,11 @@ optuna: setup
 report: setup
 	$(PY) -m dashboards.report --experiment smoke
 
+report-optuna: setup
+	$(PY) -m dashboards.report --experiment smoke-optuna
+
 bench: setup
 	$(PY) benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) artifacts reports analysis mlflow.db optuna.db .pytest_cache
+	rm -rf $(VENV) artifacts reports analysis mlflow.db mlartifacts optuna.db .pytest_cache

@@ -2,7 +2,7 @@
 
 Both loops train the same model on the same batches with the same optimizer,
 precision and memory format; the masked one is the project's step (`Runtime`,
-`MaskApplier` re-applying an 80%-sparse IMP mask after every optimizer step).
+`MaskApplier` re-applying an 80%-sparse global magnitude mask after every optimizer step).
 Repeats alternate between the two so drift hits both alike; the median counts.
 The last line is the ratio masked / plain (target >= 0.97).
 
@@ -88,8 +88,8 @@ def main() -> None:
         images_per_second(steps[name], batches[:3], runtime)
 
     rates: dict[str, list[float]] = {"plain": [], "masked": []}
-    for _ in range(args.repeats):
-        for name in ("plain", "masked"):
+    for repeat in range(args.repeats):
+        for name in (("plain", "masked") if repeat % 2 == 0 else ("masked", "plain")):
             rates[name].append(images_per_second(steps[name], batches, runtime))
     plain, masked = statistics.median(rates["plain"]), statistics.median(rates["masked"])
     print(f"device {runtime.device} ({torch.cuda.get_device_name() if runtime.device.type == 'cuda' else 'cpu'}), "

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping
+from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping, recipe_overlay
 from lth_core.flags import FlagTable, add_flags, deep_merge, overrides
 from lth_core.training import EpochRecord
 
@@ -54,7 +54,7 @@ SPEND_FLAGS: FlagTable = {
     "--rescale-init": ("tweaks.rescale_init", "section", "GradInit layer-wise re-scaled initialisation"),
     "--rescale-iterations": ("tweaks.rescale_init.iterations", int, "GradInit iterations"),
     "--rewind-epoch": ("tweaks.rewind_epoch", int, "start from the dense run's weights at this epoch"),
-    "--spend-epochs": ("recipe.epochs", int, "re-training epochs (default: the ticket's recipe)"),
+    "--spend-epochs": ("recipe.epochs", int, "re-training epochs; the rest of the recipe stays the ticket's"),
 }
 
 
@@ -68,7 +68,10 @@ def ticket_from_args(args: argparse.Namespace) -> TicketConfig:
 
 def spend_from_args(args: argparse.Namespace) -> SpendConfig:
     data = deep_merge(_from_file(args), overrides(args, TICKET_FLAGS, "ticket."))
-    return from_dict(SpendConfig, deep_merge(data, overrides(args, SPEND_FLAGS)))
+    data = deep_merge(data, overrides(args, SPEND_FLAGS))
+    if isinstance(data.get("recipe"), dict):
+        data["recipe"] = recipe_overlay(from_dict(TicketConfig, data.get("ticket")).recipe, data["recipe"])
+    return from_dict(SpendConfig, data)
 
 
 class StageProgress:
@@ -153,7 +156,7 @@ def cmd_show(args: argparse.Namespace) -> dict[str, Any]:
     if not store.exists(path):
         raise SystemExit(f"error: no finished draw with key {key} in {store.uri}; run `python -m lth_core draw` first")
     summary = store.read_json(path)
-    print(format_levels(summary))
+    print(format_levels(summary), file=sys.stderr)
     return summary
 
 

@@ -169,6 +169,8 @@ class TicketConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # Epoch 0 is always kept and order does not matter: one spelling, one key.
+        object.__setattr__(self, "keep_epochs", tuple(sorted(set(self.keep_epochs) - {0})))
         for e in self.keep_epochs:
             _require(0 <= e < self.recipe.epochs, "keep_epochs",
                      f"epoch {e} is not in the dense run (epochs 0..{self.recipe.epochs - 1})")
@@ -240,7 +242,7 @@ class TweakConfig:
         _require(self.rewind_epoch >= 0, "tweaks.rewind_epoch", f"must be >= 0, got {self.rewind_epoch}")
 
     def describe(self) -> str:
-        """A short human label such as 'swish+identity+ls0.1' ('vanilla' when nothing is on)."""
+        """A short human label such as 'swish+skip-identity+ls0.1' ('vanilla' when nothing is on)."""
         parts = []
         if self.activation != "relu":
             parts.append(self.activation)
@@ -291,12 +293,14 @@ Config = TypeVar("Config")
 
 
 def key_dict(config: Any) -> dict[str, Any]:
-    """Fields that differ from their defaults, recursively, keyed fields only."""
+    """Fields that differ from their defaults, recursively, keyed fields only; a float field
+    given as an int (4 for 4.0) is keyed as the float, so equal configs get equal keys."""
     out: dict[str, Any] = {}
+    hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         if not f.metadata.get("key", True):
             continue
-        value = getattr(config, f.name)
+        value = _as_float_where_declared(hints[f.name], getattr(config, f.name))
         if dataclasses.is_dataclass(value):
             default = _field_default(f)
             sub = key_dict(value)
@@ -306,6 +310,23 @@ def key_dict(config: Any) -> dict[str, Any]:
         elif value != _field_default(f):
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def _as_float_where_declared(hint: Any, value: Any) -> Any:
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[:1] == (float,) and isinstance(value, tuple):
+        return tuple(float(v) for v in value)
+    return value
+
+
+def recipe_overlay(base: RecipeConfig, changes: dict[str, Any]) -> dict[str, Any]:
+    """A spend recipe given in part: the fields not given come from the ticket's recipe (its
+    explicit milestones only while the epochs stay the same)."""
+    merged = to_dict(base)
+    if "epochs" in changes and "milestones" not in changes:
+        merged["milestones"] = []
+    return {**merged, **changes}
 
 
 def _field_default(f: dataclasses.Field) -> Any:

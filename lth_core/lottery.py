@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lth_core.config import DataConfig, SpendConfig, TicketConfig, to_dict
-from lth_core.data import Dataset, iterate_batches, load_dataset
+from lth_core.data import Dataset, iterate_batches, load_dataset, num_batches
 from lth_core.masks import Mask
 from lth_core.models import build_model, load_ticket_weights
 from lth_core.pruning import prune_to_sparsity
@@ -113,8 +113,13 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
     runtime = Runtime.resolve(ticket.recipe)
     dataset = dataset_on(ticket.data, runtime.device)
 
+    level_dirs = [f"{folder}/level_{level}" for level in range(1, ticket.num_levels + 1)]
+    dense_files = [f"{folder}/dense/rewind_{e}.safetensors" for e in ticket.rewind_epochs]
+    dense_files.append(f"{folder}/dense/final.safetensors")
     dense_metrics = _read_if_valid(store.read_json, f"{folder}/dense/metrics.json")
-    if dense_metrics is None:
+    if dense_metrics is None or not all(store.verify(p) for p in dense_files):
+        for level_dir in level_dirs:  # every level derives from the dense run
+            store.delete(level_dir)
         model = runtime.prepare(build_ticket_model(ticket, dataset))
         result = _train_stage(store, f"{folder}/dense", model, dataset, ticket, runtime, mask=None,
                               keep_epochs=ticket.rewind_epochs, stage="dense", on_stage_epoch=on_stage_epoch)
@@ -132,15 +137,17 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
     prev_weights = store.read_tensors(f"{folder}/dense/final.safetensors")
     model = runtime.prepare(build_ticket_model(ticket, dataset))
     prev_mask = Mask.ones_like(model, pruning.prune_linear)
-    for level, sparsity in enumerate(pruning.level_sparsities(), start=1):
-        level_dir = f"{folder}/level_{level}"
-        mask = _read_if_valid(lambda p: Mask.from_bytes(store.read_bytes(p)), f"{level_dir}/mask.safetensors")
-        if mask is None:
-            mask = prune_to_sparsity(prev_weights, prev_mask, sparsity, scope=pruning.scope,
-                                     allow_empty_layers=pruning.allow_empty_layers)
-            store.write_bytes(f"{level_dir}/mask.safetensors", mask.to_bytes())
+    for level, (level_dir, sparsity) in enumerate(zip(level_dirs, pruning.level_sparsities()), start=1):
+        mask = _read_if_valid(_read_mask(store), f"{level_dir}/mask.safetensors")
         metrics = _read_if_valid(store.read_json, f"{level_dir}/metrics.json")
-        if metrics is None:
+        if mask is None or metrics is None or not store.verify(f"{level_dir}/final.safetensors"):
+            if pruning.method == "imp":  # later IMP levels are pruned from this one's weights
+                for later in level_dirs[level:]:
+                    store.delete(later)
+            if mask is None:
+                mask = prune_to_sparsity(prev_weights, prev_mask, sparsity, scope=pruning.scope,
+                                         allow_empty_layers=pruning.allow_empty_layers)
+                store.write_bytes(f"{level_dir}/mask.safetensors", mask.to_bytes())
             model.load_state_dict(rewind_state)
             result = _train_stage(store, level_dir, model, dataset, ticket, runtime, mask=mask, keep_epochs=(),
                                   stage=f"level {level}", on_stage_epoch=on_stage_epoch)
@@ -158,11 +165,15 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
     return summary
 
 
+def _read_mask(store: ArtifactStore) -> Callable[[str], Mask]:
+    return lambda path: Mask.from_bytes(store.read_bytes(path))
+
+
 def load_level(ticket: TicketConfig, level: int, store: ArtifactStore) -> Mask | None:
     """The mask of a drawn level (None for level 0, the dense net)."""
     if level == 0:
         return None
-    return Mask.from_bytes(store.read_bytes(f"{ticket_dir(ticket)}/level_{level}/mask.safetensors"))
+    return _read_mask(store)(f"{ticket_dir(ticket)}/level_{level}/mask.safetensors")
 
 
 def prepare_spend_model(spend: SpendConfig, store: ArtifactStore, runtime: Runtime,
@@ -196,7 +207,10 @@ def _teacher_for(spend: SpendConfig, store: ArtifactStore, runtime: Runtime, dat
 
 
 def _endless_batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    generator = torch.Generator(device=dataset.train_x.device)
+    if num_batches(dataset, "train", batch_size, drop_last=True) == 0:
+        raise ValueError(f"tweaks.rescale_init.batch_size {batch_size} is larger than the training set "
+                         f"({len(dataset.train_y)} images); lower it")
+    generator = torch.Generator()
     generator.manual_seed(seed)
     for _ in itertools.count():
         yield from iterate_batches(dataset, "train", batch_size, generator=generator, shuffle=True,
@@ -215,23 +229,40 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: Callable[[Epoch
     `hessian_every=N` measures the top Hessian eigenvalue of the masked net every N epochs on
     `hessian_batches` fixed train batches (the paper's Figure A12): `result["hessian_history"]`.
     """
+    if resume is not None and resume.get("spend_key", spend.key) != spend.key:
+        raise ValueError(f"the checkpoint belongs to spend {resume['spend_key']}, not {spend.key}")
     result_path = f"{spend_dir(spend)}/result.json"
     cached = _read_if_valid(store.read_json, result_path)
-    if cached is not None and store.exists(f"{spend_dir(spend)}/final.safetensors"):
+    if (cached is not None and store.exists(f"{spend_dir(spend)}/final.safetensors")
+            and (not hessian_every or cached.get("hessian_every") == hessian_every)):
         return cached
-    draw_summary = draw(spend.ticket, store, on_stage_epoch)
     started = time.perf_counter()
     recipe = spend.train_recipe
     runtime = Runtime.resolve(recipe)
     dataset = dataset_on(spend.ticket.data, runtime.device)
-    model, mask = prepare_spend_model(spend, store, runtime, dataset)
     tweaks = spend.tweaks
-    teacher = _teacher_for(spend, store, runtime, dataset) if tweaks.kd is not None else None
+    for attempt in (1, 2):
+        draw_summary = draw(spend.ticket, store, on_stage_epoch)
+        try:
+            model, mask = prepare_spend_model(spend, store, runtime, dataset)
+            teacher = _teacher_for(spend, store, runtime, dataset) if tweaks.kd is not None else None
+            break
+        except (FileNotFoundError, CorruptArtifactError):
+            if attempt == 2:
+                raise
+            # A ticket file went missing or bad after the draw finished: check and redo the draw.
+            store.delete(f"{ticket_dir(spend.ticket)}/summary.json")
     loss_fn = make_loss(tweaks, teacher)
 
     checkpoint_path = f"{spend_dir(spend)}/checkpoint.pt"
     if resume is None and persist_checkpoints:
         resume = _read_if_valid(store.read_torch, checkpoint_path)
+    earlier_seconds = float((resume or {}).get("spend_seconds", 0.0))
+
+    def elapsed() -> float:
+        """Seconds this spend has taken, earlier attempts included."""
+        return earlier_seconds + time.perf_counter() - started
+
     scales: dict[str, float] = {}
     if resume is not None:
         scales = dict(resume.get("rescale_scales", {}))
@@ -252,7 +283,7 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: Callable[[Epoch
             tracker.maybe_measure(record.epoch, model)
 
         def full_payload() -> dict[str, Any]:
-            return {**payload(), "rescale_scales": scales, "spend_key": spend.key,
+            return {**payload(), "rescale_scales": scales, "spend_key": spend.key, "spend_seconds": elapsed(),
                     "hessian_history": [list(h) for h in tracker.history] if tracker else []}
 
         if persist_checkpoints:
@@ -275,11 +306,12 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: Callable[[Epoch
         "tweak": tweaks.describe(),
         "config": to_dict(spend),
         **result.summary(),
-        "spend_seconds": time.perf_counter() - started,
+        "spend_seconds": elapsed(),
         "vanilla_test_acc": level_info["test_acc"] if level_info else draw_summary["dense"]["test_acc"],
         "dense_test_acc": draw_summary["dense"]["test_acc"],
         "history": [vars(r) for r in result.history],
         "rescale_scales": scales,
+        "hessian_every": hessian_every,
         "hessian_history": [list(h) for h in tracker.history] if tracker else [],
     }
     store.write_tensors(f"{spend_dir(spend)}/final.safetensors", state_copy(model))

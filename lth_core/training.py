@@ -47,7 +47,8 @@ class Runtime:
         on_cuda = device.type == "cuda"
         if recipe.precision == "bf16" and not on_cuda:
             raise RuntimeError("recipe.precision 'bf16' needs a CUDA device; use 'auto' or 'fp32' on the CPU")
-        bf16 = on_cuda and recipe.precision in ("auto", "bf16")
+        native_bf16 = on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+        bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and native_bf16)
         return cls(device=device, bf16=bf16, channels_last=on_cuda and recipe.channels_last)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -134,7 +135,7 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.lr_milestones), recipe.lr_gamma)
-    generator = torch.Generator(device=dataset.train_x.device)
+    generator = torch.Generator()  # on the CPU: a checkpoint then resumes on any device
     generator.manual_seed(seed)
     result = TrainResult(history=[])
     start_epoch = 0

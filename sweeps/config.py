@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from lth_core.config import (ConfigError, RecipeConfig, SpendConfig, TicketConfig, TweakConfig, from_dict,
-                             read_mapping, replace, to_dict)
+                             read_mapping, recipe_overlay, replace, to_dict)
 from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, set_dotted
 
 
@@ -83,6 +83,10 @@ class SweepConfig:
                 raise ConfigError("levels", f"level {level} is not drawn: the ticket has levels 0..{n}")
         if not self.seeds or not self.ticket_seeds or not self.combos:
             raise ConfigError("seeds/ticket_seeds/combos", "each needs at least one entry")
+        for name in ("levels", "seeds", "ticket_seeds", "combos"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ConfigError(name, f"lists an entry twice: {list(values)}")
         if self.cpus_per_trial <= 0:
             raise ConfigError("cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:
@@ -130,9 +134,10 @@ def _smoke() -> dict[str, Any]:
 def _paper() -> dict[str, Any]:
     """ResNet-18 on CIFAR-100 with the paper's recipe: IMP to 97.2% (16 levels), rewinding to epoch 33,
     every tweak alone and all together, from init and rewound; GPUs."""
+    gradinit = {"rescale_init": {"iterations": 390}}  # about one CIFAR epoch at batch 128, as GradInit does
     singles = [{}, {"activation": "swish"}, {"activation": "mish"}, {"skip": "identity"}, {"skip": "conv1x1"},
-               {"label_smoothing": 0.1}, {"kd": {"alpha": 0.9, "temperature": 5.0}}, {"rescale_init": {}}]
-    combined = {"activation": "swish", "skip": "identity", "label_smoothing": 0.1, "rescale_init": {}}
+               {"label_smoothing": 0.1}, {"kd": {"alpha": 0.9, "temperature": 5.0}}, gradinit]
+    combined = {"activation": "swish", "skip": "identity", "label_smoothing": 0.1, **gradinit}
     combos = [*singles, combined]
     return {
         "name": "paper",
@@ -161,17 +166,17 @@ FLAGS: FlagTable = {
     "--store": ("store", str, "artifact store: folder or pyarrow URI (s3://bucket/prefix); default $LTH_STORE_URI or ./artifacts"),
     "--tracking-uri": ("tracking_uri", str, "MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"),
     "--results-dir": ("results_dir", str, "Ray Tune storage path (shared or s3:// on a multi-node cluster)"),
-    "--ray-address": ("ray_address", str, "'local' starts Ray in-process; 'auto' or an address joins a cluster "
-                                          "(default: $RAY_ADDRESS when set, as under `ray job submit`)"),
+    "--ray-address": ("ray_address", str, "'local' (default) starts Ray in-process; 'auto' or an address joins a "
+                                          "cluster; a driver started by `ray job submit` joins its cluster"),
     "--num-cpus": ("num_cpus", int, "CPUs of the in-process Ray (0 = all)"),
-    "--data-root": ("ticket.data.root", str, "folder with CIFAR or Tiny-ImageNet (default $LTH_DATA_ROOT)"),
+    "--data-root": ("ticket.data.root", str, "folder with CIFAR or Tiny-ImageNet (preset paper: $LTH_DATA_ROOT)"),
     "--dataset": ("ticket.data.name", str, "digits | cifar10 | cifar100 | tinyimagenet"),
     "--arch": ("ticket.model.arch", str, "resnet18 | resnet34 | vgg16 | mobilenet"),
     "--width": ("ticket.model.width", float, "width multiplier"),
     "--epochs": ("ticket.recipe.epochs", int, "epochs of the dense run and each IMP level"),
     "--num-levels": ("ticket.pruning.levels", int, "IMP levels to draw"),
     "--device": ("ticket.recipe.device", str, "auto | cpu | cuda"),
-    "--levels": ("levels", "ints", "levels to spend, comma separated (default: all drawn)"),
+    "--levels": ("levels", "ints", "levels to spend, comma separated (preset smoke: 2,5; paper: all drawn)"),
     "--seeds": ("seeds", "ints", "re-training seeds, comma separated"),
     "--ticket-seeds": ("ticket_seeds", "ints", "one ticket per seed, comma separated"),
     "--cpus-per-trial": ("cpus_per_trial", float, "CPUs per trial"),
@@ -180,7 +185,7 @@ FLAGS: FlagTable = {
     "--asha": ("asha", "flag", "stop weak combinations early (ASHA on validation accuracy)"),
     "--analyze": ("analyze", "flag", "log activation sparsity and the top Hessian eigenvalue of every spent ticket"),
     "--hessian-every": ("hessian_every", int, "track the top Hessian eigenvalue every N epochs of each spend"),
-    "--optuna-trials": ("optuna_trials", int, "Optuna trials per level"),
+    "--optuna-trials": ("optuna_trials", int, "completed Optuna trials per level study, counted over every run"),
     "--optuna-storage": ("optuna_storage", str, "Optuna RDB storage URL (sqlite default; a database URL on a cluster)"),
 }
 
@@ -199,8 +204,8 @@ def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
     data = PRESETS[args.preset]()
     data.setdefault("store", os.environ.get("LTH_STORE_URI", "artifacts"))
     data.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-    if os.environ.get("RAY_ADDRESS"):
-        data.setdefault("ray_address", os.environ["RAY_ADDRESS"])
+    if os.environ.get("RAY_ADDRESS") and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        data.setdefault("ray_address", os.environ["RAY_ADDRESS"])  # a driver started by `ray job submit`
     if args.config:
         data = deep_merge(data, read_mapping(args.config))
     data = deep_merge(data, overrides(args, FLAGS))
@@ -209,6 +214,9 @@ def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
         if not sep:
             raise ConfigError("--set", f"{item!r}: use FIELD=VALUE")
         set_dotted(data, field.strip(), yaml.safe_load(raw))
+    if isinstance(data.get("spend_recipe"), dict):  # given in part: the rest is the ticket's recipe
+        data["spend_recipe"] = recipe_overlay(from_dict(TicketConfig, data.get("ticket")).recipe,
+                                              data["spend_recipe"])
     return resolve_paths(from_dict(SweepConfig, data))
 
 
@@ -219,17 +227,27 @@ def _absolute_uri(uri: str) -> str:
     return str(Path(uri).expanduser().resolve())
 
 
-def _absolute_sqlite(uri: str) -> str:
+def _absolute_tracking(uri: str) -> str:
+    """sqlite:///relative.db and plain or file: folders made absolute (trials run in their own folders)."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix):]).expanduser().resolve())
+    if uri.startswith("file:"):
+        path = uri[len("file:"):]
+        return Path("/" + path.lstrip("/") if path.startswith("/") else path).expanduser().resolve().as_uri()
+    if ":" not in uri and ("/" in uri or uri.startswith((".", "~")) or uri == "mlruns"):  # a bare folder
+        return Path(uri).expanduser().resolve().as_uri()
     return uri
 
 
 def resolve_paths(sweep: SweepConfig) -> SweepConfig:
+    """Local paths become absolute: Ray runs every trial in a folder of its own."""
+    root = sweep.ticket.data.root
     return replace(sweep, store=_absolute_uri(sweep.store), results_dir=_absolute_uri(sweep.results_dir),
-                   tracking_uri=_absolute_sqlite(sweep.tracking_uri),
-                   optuna_storage=_absolute_sqlite(sweep.optuna_storage))
+                   tracking_uri=_absolute_tracking(sweep.tracking_uri),
+                   optuna_storage=_absolute_tracking(sweep.optuna_storage) if sweep.optuna_storage.startswith(
+                       "sqlite:") else sweep.optuna_storage,
+                   **{"ticket.data.root": str(Path(root).expanduser().resolve()) if root else None})
 
 
 def trial_base(sweep: SweepConfig, parent_run_id: str | None) -> dict[str, Any]:

@@ -36,11 +36,12 @@ A study remembers what it was searched for (ticket, level, recipe, seed: user at
 under the same name stops with an error instead of mixing incomparable trials. Do not run two
 invocations of the same sweep at once.
 
-Output: a table of the best combination per level on stdout; on the sweep's MLflow parent run
-(tags `kind=optuna`, `optuna_storage`, `optuna_study_prefix`) the metrics `best_val_acc` and
-`best_test_acc` (step = level) and the artifact `optuna_best.json`; every study gets the user
-attributes `sweep_name`, `level`, `ticket_key`, `sparsity`. Two trials TPE gives the same
-combination share one spend (the second reads the first's result back from the store).
+Output: a table of the best combination per level on stdout; in the MLflow experiment
+`<name>-optuna`, on the parent run (tags `kind=optuna`, `optuna_storage` with any password
+masked, `optuna_study_prefix`) the metrics `best_val_acc` and `best_test_acc` (step = level) and
+the artifact `optuna_best.json`; every study gets the user attributes `sweep_name`, `level`,
+`ticket_key`, `sparsity`. Two trials TPE gives the same combination share one spend: run one after
+the other, the second reads the first's result back from the store; run at once, both train it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,11 @@ class LevelStudy:
     @property
     def experiment_base(self) -> str:
         return f"{self.prefix}-optuna-level{self.level}"
+
+
+def experiment_name(sweep: SweepConfig) -> str:
+    """MLflow experiment of the search, apart from the grid's: the report of either stays about one kind."""
+    return f"{sweep.name}-optuna"
 
 
 def study_prefixes(sweep: SweepConfig) -> list[tuple[TicketConfig, str]]:
@@ -117,15 +122,6 @@ def check_space(sweep: SweepConfig) -> None:
                     raise ConfigError(f"optuna_space.{name}", f"{value!r}: {e}") from None
 
 
-def redact(url: str) -> str:
-    """A storage URL fit to print: the password, if any, replaced by ***."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 def trial_fixed(sweep: SweepConfig, study: LevelStudy, parent_run_id: str | None) -> dict[str, Any]:
     """A trial's config except the searched tweak keys."""
     return {**trial_base(sweep, parent_run_id), "ticket": to_dict(study.ticket), "level": study.level,
@@ -156,7 +152,7 @@ def open_storage(url: str) -> Any:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except (SQLAlchemyError, ImportError, ValueError) as e:  # a bad URL, a missing driver, an unreachable server
-        raise runner.SweepError(f"cannot open the Optuna storage {redact(url)}: {e}") from None
+        raise runner.SweepError(f"cannot open the Optuna storage {runner.redact(url)}: {e}") from None
 
 
 def open_study(sweep: SweepConfig, study: LevelStudy, storage: Any, space: dict[str, Any]) -> Any:
@@ -165,7 +161,7 @@ def open_study(sweep: SweepConfig, study: LevelStudy, storage: Any, space: dict[
 
     ot_study = optuna.create_study(study_name=study.study_name, storage=storage, direction="maximize",
                                    load_if_exists=True)
-    where = f"study {study.study_name!r} in {redact(sweep.optuna_storage)}"
+    where = f"study {study.study_name!r} in {runner.redact(sweep.optuna_storage)}"
     if ot_study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise runner.SweepError(f"{where} minimises; it was not made by this search. Use another --name.")
     key = vanilla_key(sweep, study)
@@ -398,7 +394,7 @@ def plan(sweep: SweepConfig) -> str:
              (f"  optuna:  TPE, {sweep.optuna_trials} completed trial(s) per level, maximising {METRIC} "
               f"(re-training seed {sweep.seeds[0]})"),
              f"  studies: {', '.join(s.study_name for s in studies)}",
-             f"  storage: {redact(sweep.optuna_storage)}",
+             f"  storage: {runner.redact(sweep.optuna_storage)}",
              "  space:   " + "; ".join(f"{n} " + "|".join(str(v) for v in getattr(space, n)) for n in SPACE_FIELDS)]
     if sweep.asha:
         lines.append("  note:    --asha is for the grid; every Optuna trial runs to its last epoch")
@@ -418,11 +414,11 @@ def run(args: argparse.Namespace) -> int:
     space = optuna_space(sweep)
     studies = level_studies(sweep)
     prefixes = study_prefixes(sweep)
-    extra_tags = {"optuna_storage": sweep.optuna_storage, "optuna_study_prefix": prefixes[0][1]}
+    extra_tags = {"optuna_storage": runner.redact(sweep.optuna_storage), "optuna_study_prefix": prefixes[0][1]}
     if len(prefixes) > 1:
         extra_tags["optuna_study_prefixes"] = ",".join(p for _, p in prefixes)
     new_trials = 0
-    with runner.sweep_session(sweep, args.preset, "optuna", extra_tags) as parent:
+    with runner.sweep_session(sweep, args.preset, "optuna", extra_tags, experiment_name(sweep)) as parent:
         runner.draw_stage(sweep, parent)
         for study in studies:
             new_trials += search_level(sweep, study, storage, space, parent)
@@ -430,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
         log_best(sweep, parent, entries, with_ticket=len(prefixes) > 1)
     print(best_table(entries, with_ticket=len(prefixes) > 1))
     print(f"\noptuna search {sweep.name!r} finished in {runner.elapsed(started)}: {new_trials} new trial(s) in "
-          f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} ({redact(sweep.optuna_storage)}).\n"
+          f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} ({runner.redact(sweep.optuna_storage)}).\n"
           f"MLflow UI: {runner.mlflow_ui_hint(sweep)}")
     return 0
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,14 +38,17 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
                          "sqlite:///mlflow.db for a local store") from None
 
 
-def start_parent_run(sweep: SweepConfig, preset: str, kind: str, extra_tags: dict[str, str] | None = None) -> str:
-    """The sweep's parent run; a rerun of the same sweep (a restore) reuses it."""
+def start_parent_run(sweep: SweepConfig, preset: str, kind: str, extra_tags: dict[str, str] | None = None,
+                     experiment_name: str | None = None) -> str:
+    """The sweep's parent run in the experiment `experiment_name` (default: the sweep's name);
+    a rerun of the same sweep (a restore) reuses it."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(sweep.tracking_uri)
-    experiment = client.get_experiment_by_name(sweep.name)
+    name = experiment_name or sweep.name
+    experiment = client.get_experiment_by_name(name)
     experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment(sweep.name, artifact_location=_artifact_location(sweep)))
+                     else client.create_experiment(name, artifact_location=_artifact_location(sweep, name)))
     found = client.search_runs([experiment_id], filter_string=f"tags.stage = 'sweep' and tags.kind = '{kind}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
     tags = {"stage": "sweep", "sweep_name": sweep.name, "preset": preset, "kind": kind, **(extra_tags or {})}
@@ -54,16 +59,18 @@ def start_parent_run(sweep: SweepConfig, preset: str, kind: str, extra_tags: dic
             client.set_tag(run_id, k, v)
         return run_id
     run = client.create_run(experiment_id, tags=tags, run_name="sweep")
-    client.log_dict(run.info.run_id, to_dict(sweep), "sweep_config.json")
+    config = to_dict(sweep)
+    config["optuna_storage"] = redact(config["optuna_storage"])
+    client.log_dict(run.info.run_id, config, "sweep_config.json")
     return run.info.run_id
 
 
-def _artifact_location(sweep: SweepConfig) -> str | None:
+def _artifact_location(sweep: SweepConfig, experiment: str) -> str | None:
     """Beside a sqlite tracking database (not in whatever folder the sweep was started from)."""
     prefix = "sqlite:///"
     if not sweep.tracking_uri.startswith(prefix):
         return None  # a server decides
-    folder = Path(sweep.tracking_uri[len(prefix):]).parent / "mlartifacts" / sweep.name
+    folder = Path(sweep.tracking_uri[len(prefix):]).parent / "mlartifacts" / experiment
     return folder.resolve().as_uri()
 
 
@@ -89,21 +96,51 @@ def init_ray(sweep: SweepConfig) -> None:
         ray.init(address="local", num_cpus=sweep.num_cpus or None, include_dashboard=False,
                  log_to_driver=False, configure_logging=True, logging_level="WARNING")
     else:
-        ray.init(address=sweep.ray_address, log_to_driver=False)
+        try:
+            ray.init(address=sweep.ray_address, log_to_driver=False)
+        except (ValueError, ConnectionError) as e:
+            raise SweepError(f"cannot join the Ray cluster at {sweep.ray_address!r} ({e}); check --ray-address, "
+                             "or use --ray-address local for an in-process Ray") from None
 
 
 def check_resources(sweep: SweepConfig) -> None:
     """A GPU request on a cluster without GPUs would leave trials PENDING forever: fail now."""
     import ray
 
-    resources = ray.cluster_resources()
-    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
     if sweep.gpus_per_trial > gpus:
-        raise SweepError(f"each trial asks for {sweep.gpus_per_trial:g} GPU but the Ray cluster has {gpus:g}; "
+        raise SweepError(f"each trial asks for {sweep.gpus_per_trial:g} GPU but no Ray node has more than {gpus:g}; "
                          "set --gpus-per-trial 0 to run on CPUs, or add GPU workers")
     if sweep.cpus_per_trial > cpus:
-        raise SweepError(f"each trial asks for {sweep.cpus_per_trial:g} CPUs but the Ray cluster has {cpus:g}; "
-                         "lower --cpus-per-trial")
+        raise SweepError(f"each trial asks for {sweep.cpus_per_trial:g} CPUs but no Ray node has more than "
+                         f"{cpus:g}; lower --cpus-per-trial")
+    if len(nodes) > 1:  # trials on other nodes must reach the same store, tracking and results
+        local = [what for what, uri in (("--store", sweep.store), ("--results-dir", sweep.results_dir))
+                 if "://" not in uri or uri.startswith("file://")]
+        if sweep.tracking_uri.startswith(("sqlite:", "file:")):
+            local.append("--tracking-uri")
+        if local and not _on_shared_filesystem():
+            raise SweepError(f"the Ray cluster has {len(nodes)} nodes but {', '.join(local)} point(s) at local "
+                             "storage: use s3://... for the store and results and an MLflow server "
+                             "(http://...) for tracking, or set LTH_SHARED_FS=1 if those paths are on a "
+                             "filesystem every node mounts")
+
+
+def _on_shared_filesystem() -> bool:
+    """The user vouches that local paths are mounted on every node (NFS, a shared volume)."""
+    return os.environ.get("LTH_SHARED_FS") == "1"
+
+
+def redact(url: str) -> str:
+    """A URL fit to print or log: the password, if any, replaced by ***. Pass database passwords
+    through the environment (e.g. PGPASSWORD) so that logged URLs still work."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return url
 
 
 def resources(sweep: SweepConfig) -> dict[str, float]:
@@ -126,7 +163,8 @@ def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: d
     else:
         tuner = tune.Tuner(wrapped, param_space=param_space, tune_config=tune_config or tune.TuneConfig(),
                            run_config=tune.RunConfig(name=name, storage_path=sweep.results_dir, verbose=1,
-                                                     failure_config=tune.FailureConfig(max_failures=2)))
+                                                     failure_config=tune.FailureConfig(max_failures=2),
+                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     results = tuner.fit()
     errors = [r for r in results if r.error is not None]
     if errors:
@@ -141,8 +179,10 @@ def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: d
 def experiment_name(base: str, param_space: dict[str, Any]) -> str:
     """`base` plus a fingerprint of the trials' configs: rerunning the same sweep restores its Tune
     experiment, while a changed grid starts a new one instead of restoring stale trials (finished
-    spends of the old grid are read back from the store in seconds)."""
-    return f"{base}-{hashlib.sha256(canonical_json(param_space).encode()).hexdigest()[:8]}"
+    spends of the old grid are read back from the store in seconds). Resources are left out: a
+    rerun with other CPU/GPU shares still resumes its trials."""
+    what_runs = {k: v for k, v in param_space.items() if k not in ("cpus_per_trial", "gpus_per_trial")}
+    return f"{base}-{hashlib.sha256(canonical_json(what_runs).encode()).hexdigest()[:8]}"
 
 
 def raise_unfinished(missing: int, total: int, name: str) -> None:
@@ -196,8 +236,8 @@ def mlflow_ui_hint(sweep: SweepConfig) -> str:
 
 
 @contextlib.contextmanager
-def sweep_session(sweep: SweepConfig, preset: str, kind: str,
-                  extra_tags: dict[str, str] | None = None) -> Iterator[str]:
+def sweep_session(sweep: SweepConfig, preset: str, kind: str, extra_tags: dict[str, str] | None = None,
+                  experiment_name: str | None = None) -> Iterator[str]:
     """Check the tracking server, start (or join) Ray, check resources, open the parent run and
     yield its id; the parent run ends FINISHED only when the body completes."""
     check_tracking(sweep.tracking_uri)
@@ -210,7 +250,7 @@ def sweep_session(sweep: SweepConfig, preset: str, kind: str,
             raise SweepError(str(e)) from None
     init_ray(sweep)
     check_resources(sweep)
-    parent = start_parent_run(sweep, preset, kind, extra_tags)
+    parent = start_parent_run(sweep, preset, kind, extra_tags, experiment_name)
     status = "FAILED"
     try:
         yield parent

@@ -20,10 +20,10 @@ def run_cli(capsys, *argv):
 
 def test_show_prints_the_level_table(drawn, capsys):
     store, ticket, summary = drawn
-    code, out, _ = run_cli(capsys, "show", "--store", store.uri, *TINY)
+    code, out, err = run_cli(capsys, "show", "--store", store.uri, *TINY)
     assert code == 0
-    assert f"ticket {ticket.key}" in out and "36.00%" in out
-    assert json.loads(out[out.index("{"):])["key"] == ticket.key
+    assert f"ticket {ticket.key}" in err and "36.00%" in err
+    assert json.loads(out)["key"] == ticket.key
 
 
 def test_spend_with_tweak_flags_prints_a_json_summary(drawn, capsys):
@@ -34,6 +34,7 @@ def test_spend_with_tweak_flags_prints_a_json_summary(drawn, capsys):
     result = json.loads(out)
     assert result["tweak"] == "mish+ls0.1+rewind1" and result["ticket_key"] == ticket.key
     assert result["config"]["recipe"]["epochs"] == 1 and "spent level 1" in err
+    assert result["config"]["recipe"]["batch_size"] == 128  # the rest is the ticket's recipe
 
 
 def test_config_file_and_flags_compose(drawn, capsys, tmp_path):
@@ -42,7 +43,7 @@ def test_config_file_and_flags_compose(drawn, capsys, tmp_path):
                                      "pruning: {levels: 2}\n")
     code, out, _ = run_cli(capsys, "show", "--store", store.uri, "--config", str(tmp_path / "t.yaml"),
                            "--keep-epochs", "1")
-    assert code == 0 and json.loads(out[out.index("{"):])["key"] == ticket.key
+    assert code == 0 and json.loads(out)["key"] == ticket.key
 
 
 @pytest.mark.parametrize("argv, words", [

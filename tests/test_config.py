@@ -107,3 +107,21 @@ def test_default_milestones_are_half_and_three_quarters():
     assert RecipeConfig(epochs=180).lr_milestones == (90, 135)
     assert RecipeConfig(epochs=4).lr_milestones == (2, 3)
     assert RecipeConfig(epochs=1).lr_milestones == ()
+
+
+def test_equal_configs_get_equal_keys():
+    a = SpendConfig(tweaks=TweakConfig(kd=KDConfig(temperature=4)))
+    b = from_dict(SpendConfig, {"tweaks": {"kd": {"temperature": 4}}})
+    assert a == b and a.key == b.key
+    assert TicketConfig(keep_epochs=(3, 0, 3), recipe=RecipeConfig(epochs=10)).key == \
+        TicketConfig(keep_epochs=(3,), recipe=RecipeConfig(epochs=10)).key
+
+
+def test_a_partial_spend_recipe_keeps_the_rest_of_the_ticket_recipe():
+    from lth_core.config import recipe_overlay
+
+    base = RecipeConfig(epochs=8, lr=0.05, batch_size=64, milestones=(3, 6), device="cpu")
+    merged = from_dict(RecipeConfig, recipe_overlay(base, {"epochs": 4}))
+    assert (merged.epochs, merged.lr, merged.batch_size, merged.device) == (4, 0.05, 64, "cpu")
+    assert merged.lr_milestones == (2, 3)  # the ticket's explicit milestones were for 8 epochs
+    assert from_dict(RecipeConfig, recipe_overlay(base, {"lr": 0.2})).milestones == (3, 6)

@@ -39,7 +39,7 @@ def parent_run(root):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    experiment = client.get_experiment_by_name("tiny")
+    experiment = client.get_experiment_by_name("tiny-optuna")
     runs = client.search_runs([experiment.experiment_id], "tags.stage = 'sweep' and tags.kind = 'optuna'")
     assert len(runs) == 1
     return client, runs[0]

@@ -228,7 +228,7 @@ def gpus_beyond_the_cluster() -> str:
     (lambda: ["--set", 'combos=[{}, {"activation": "swishy"}]'], "error: tweaks.activation"),
     (lambda: ["--levels", "3"], "error: levels: level 3 is not drawn: the ticket has levels 0..2"),
     (lambda: ["--tracking-uri", closed_port_uri()], "error: cannot reach the MLflow tracking server at http://"),
-    (lambda: ["--gpus-per-trial", gpus_beyond_the_cluster()], "GPU but the Ray cluster has"),
+    (lambda: ["--gpus-per-trial", gpus_beyond_the_cluster()], "GPU but no Ray node has more than"),
     (lambda: ["--dataset", "cifar100", "--data-root", "/nonexistent"], "https://www.cs.toronto.edu/~kriz/cifar.html"),
 ], ids=["unknown-tweak-value", "level-not-drawn", "unreachable-tracking-server", "gpus-not-in-cluster",
         "data-files-missing"])
@@ -449,3 +449,30 @@ def test_a_changed_grid_under_the_same_name_runs_the_new_trials(grid, tmp_path):
     assert (tmp_path / "store" / "spends" / spend_key(2) / "result.json").stat().st_mtime_ns == before
     assert shared.exists()
     assert len(list((tmp_path / "results").glob("tiny-spends-*"))) == 2
+
+
+def fake_nodes(*resources):
+    return lambda: [{"Alive": True, "Resources": r} for r in resources]
+
+
+def test_resources_are_checked_per_node_and_storage_on_multi_node_clusters(tmp_path, monkeypatch):
+    import ray
+
+    from sweeps.config import SweepConfig, resolve_paths
+
+    local = resolve_paths(SweepConfig(store=str(tmp_path / "s"), results_dir=str(tmp_path / "r"),
+                                      tracking_uri=f"sqlite:///{tmp_path}/m.db", gpus_per_trial=2))
+    monkeypatch.setattr(ray, "nodes", fake_nodes({"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 1}))
+    with pytest.raises(runner.SweepError, match="no Ray node has more than 1"):
+        runner.check_resources(local)  # two GPUs in the cluster, but never two on one node
+    one_gpu = SweepConfig(**{**local.__dict__, "gpus_per_trial": 1.0})
+    with pytest.raises(runner.SweepError, match="--store, --results-dir, --tracking-uri"):
+        runner.check_resources(one_gpu)
+    monkeypatch.setenv("LTH_SHARED_FS", "1")
+    runner.check_resources(one_gpu)
+    monkeypatch.delenv("LTH_SHARED_FS")
+    shared = SweepConfig(**{**one_gpu.__dict__, "store": "s3://b/t", "results_dir": "s3://b/r",
+                            "tracking_uri": "http://mlflow:5000"})
+    runner.check_resources(shared)
+    monkeypatch.setattr(ray, "nodes", fake_nodes({"CPU": 8}))
+    runner.check_resources(SweepConfig(**{**local.__dict__, "gpus_per_trial": 0.0}))  # one node: local is fine

@@ -27,10 +27,24 @@ def tweaks_from_trial(config: dict[str, Any]) -> TweakConfig:
     return from_dict(TweakConfig, tweaks)
 
 
+def on_granted_devices(config: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
+    """A trial granted no GPU trains on the CPU even where the node has one: Ray hides GPUs only
+    from trials it gives some. The device is no part of a content key, so keys stay the same."""
+    if config.get("gpus_per_trial"):
+        return recipe
+    return {**recipe, "device": "cpu"}
+
+
+def ticket_from_trial(config: dict[str, Any]) -> TicketConfig:
+    ticket = dict(config["ticket"])
+    ticket["recipe"] = on_granted_devices(config, ticket.get("recipe") or {})
+    return from_dict(TicketConfig, ticket)
+
+
 def spend_from_trial(config: dict[str, Any]) -> SpendConfig:
     recipe = config.get("spend_recipe")
-    return SpendConfig(ticket=from_dict(TicketConfig, config["ticket"]), level=int(config["level"]),
-                       recipe=from_dict(RecipeConfig, recipe) if recipe is not None else None,
+    return SpendConfig(ticket=ticket_from_trial(config), level=int(config["level"]),
+                       recipe=from_dict(RecipeConfig, on_granted_devices(config, recipe)) if recipe else None,
                        tweaks=tweaks_from_trial(config), seed=int(config.get("seed", 0)))
 
 

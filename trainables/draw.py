@@ -11,15 +11,15 @@ from typing import Any
 
 from ray import tune
 
-from lth_core.config import TicketConfig, from_dict
 from lth_core.lottery import draw
 from lth_core.store import ArtifactStore
 from lth_core.training import EpochRecord
+from trainables.common import ticket_from_trial
 from trainables.tracking import TrialRun, ticket_params
 
 
 def draw_trainable(config: dict[str, Any]) -> None:
-    ticket = from_dict(TicketConfig, config["ticket"])
+    ticket = ticket_from_trial(config)
     run = None
     if config.get("tracking_uri"):
         run = TrialRun(config["tracking_uri"], config["parent_run_id"], trial_key=f"draw-{ticket.key}",

@@ -15,7 +15,7 @@ import torch
 from ray import tune
 
 from lth_core.config import SpendConfig
-from lth_core.lottery import draw, spend
+from lth_core.lottery import spend, ticket_dir
 from lth_core.store import ArtifactStore
 from lth_core.training import EpochRecord
 from trainables.common import device_share, spend_from_trial
@@ -33,10 +33,15 @@ def _resume_state() -> dict[str, Any] | None:
 
 
 def _real_sparsity(spend_cfg: SpendConfig, store: ArtifactStore) -> float:
-    """The level's measured sparsity (docs/tracking.md), not the schedule's target."""
+    """The level's measured sparsity (docs/tracking.md), not the schedule's target. The draw stage
+    stored it; a trial that cannot read it sees another store than the driver, and says so."""
     if spend_cfg.level == 0:
         return 0.0
-    summary = draw(spend_cfg.ticket, store)  # read back: the draw stage has stored it
+    path = f"{ticket_dir(spend_cfg.ticket)}/summary.json"
+    if not store.exists(path):
+        raise FileNotFoundError(f"{store.uri}/{path} is missing on this node: the artifact store must be the "
+                                "same for every Ray node (s3://... or a shared filesystem)")
+    summary = store.read_json(path)
     return next(lv["sparsity"] for lv in summary["levels"] if lv["level"] == spend_cfg.level)
 
 
@@ -88,10 +93,11 @@ def spend_trainable(config: dict[str, Any]) -> None:
     final = {"best_val_acc": result["best_val_acc"], "test_acc": result["test_acc"],
              "wall_seconds": result["spend_seconds"], "device_seconds": result["spend_seconds"] * share,
              "vanilla_test_acc": result["vanilla_test_acc"], "dense_test_acc": result["dense_test_acc"]}
+    analysis = {}
     if config.get("analyze"):  # opt-in: activation sparsity and top Hessian eigenvalue of the result
         from lth_core.analysis.run import spend_metrics
 
-        final |= spend_metrics(config_obj, store)
+        analysis = spend_metrics(config_obj, store)
     if run is not None:
         if not reported:  # a result read back from the store still gets its curves
             for r in result["history"]:
@@ -100,6 +106,8 @@ def spend_trainable(config: dict[str, Any]) -> None:
         last_epoch = result["history"][-1]["epoch"] if result["history"] else 0
         if not run.logged_steps("best_val_acc"):  # an earlier attempt may have logged them already
             run.log_metrics(final, step=last_epoch)
+        if analysis and not run.logged_steps("act_sparsity"):  # also when a rerun adds --analyze
+            run.log_metrics(analysis, step=last_epoch)
         if result["rescale_scales"]:
             run.set_tags({"rescale_scales": ", ".join(f"{k}={v:.3g}" for k, v in
                                                       list(result["rescale_scales"].items())[:40])})
