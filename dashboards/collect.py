@@ -311,8 +311,9 @@ def optuna_from_tags(tags: dict) -> tuple[list[OptunaLevel] | None, str | None]:
     path = sqlite_path(storage)
     if path and not Path(path).is_file():  # optuna would create an empty store there
         return None, f"The Optuna storage {redact(storage)} named by the parent run does not exist (from this folder)."
+    prefixes = tags.get("optuna_study_prefixes", prefix).split(",")  # one prefix per ticket seed
     try:
-        return load_optuna(storage, prefix), None
+        return [level for p in prefixes for level in load_optuna(storage, p)], None
     except Exception as exc:  # any storage or schema problem becomes a note, not a crash
         return None, f"Could not load the Optuna studies {prefix}-level<k> from {redact(storage)}: {exc}"
 

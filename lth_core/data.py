@@ -189,19 +189,22 @@ def _dataset_dir(root: Path, folder: str, url: str) -> Path:
     return root / folder if (root / folder).is_dir() else root
 
 
+# Where each folder-based data set lives: (folder, files it must hold, where it is published).
+# The last CIFAR file is the test split.
+_LAYOUTS = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], CIFAR_URL),
+    "cifar100": ("cifar-100-python", ["train", "test"], CIFAR_URL),
+    "tinyimagenet": ("tiny-imagenet-200", ["wnids.txt", "train", "val/val_annotations.txt"], TINYIMAGENET_URL),
+}
+
+
 def check_files(cfg: DataConfig) -> None:
     """Fail fast, without reading any image, when a data set's files are missing: a sweep calls
     this before it starts any worker."""
     if cfg.name == "digits":
         return
-    root = Path(cfg.root).expanduser()
-    if cfg.name in ("cifar10", "cifar100"):
-        folder, files = (("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])
-                         if cfg.name == "cifar10" else ("cifar-100-python", ["train", "test"]))
-        url = CIFAR_URL
-    else:
-        folder, files, url = "tiny-imagenet-200", ["wnids.txt", "train", "val/val_annotations.txt"], TINYIMAGENET_URL
-    base = _dataset_dir(root, folder, url)
+    folder, files, url = _LAYOUTS[cfg.name]
+    base = _dataset_dir(Path(cfg.root).expanduser(), folder, url)
     for name in files:
         if not (base / name).exists():
             raise _not_found(base / name, url, folder)
@@ -257,12 +260,9 @@ def _read_cifar_batch(path: Path, label_key: bytes, num_classes: int, url: str, 
 
 def _read_cifar(name: str, root: Path):
     """The official python batches: images are rows of 1024 R, 1024 G, 1024 B bytes."""
-    if name == "cifar10":
-        folder, label_key, num_classes = "cifar-10-batches-py", b"labels", 10
-        train_files, test_files = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
-    else:
-        folder, label_key, num_classes = "cifar-100-python", b"fine_labels", 100
-        train_files, test_files = ["train"], ["test"]
+    label_key, num_classes = (b"labels", 10) if name == "cifar10" else (b"fine_labels", 100)
+    folder, files, _ = _LAYOUTS[name]
+    train_files, test_files = files[:-1], files[-1:]
     base = _dataset_dir(root, folder, CIFAR_URL)
 
     def read(files):
@@ -279,7 +279,7 @@ def _read_cifar(name: str, root: Path):
 
 def _read_tinyimagenet(root: Path):
     """tiny-imagenet-200/: label = line number in wnids.txt; the labelled val set is the test set."""
-    folder = "tiny-imagenet-200"
+    folder = _LAYOUTS["tinyimagenet"][0]
     base = _dataset_dir(root, folder, TINYIMAGENET_URL)
     wnids_path = base / "wnids.txt"
     if not wnids_path.is_file():

@@ -100,10 +100,14 @@ def draw(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallba
     summary = _read_if_valid(store.read_json, f"{folder}/summary.json")
     if summary is not None:
         return summary
-    with store.lock(f"ticket-{ticket.key}"):
+    with store.lock(f"ticket-{ticket.key}") as lease:
         summary = _read_if_valid(store.read_json, f"{folder}/summary.json")
         if summary is None:
             summary = _draw_locked(ticket, store, on_stage_epoch)
+            if lease.lost:  # another worker may have drawn beside us: its files and ours can mix
+                store.delete(f"{folder}/summary.json")
+                raise RuntimeError(f"lost the lock on ticket {ticket.key} while drawing it (a stalled worker or "
+                                   "store); run again: the finished stages are kept and checked")
     return summary
 
 

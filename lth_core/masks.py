@@ -110,7 +110,7 @@ class MaskApplier:
         params = dict(model.named_parameters())
         self.params = [params[n] for n in mask]
         self.factors = [mask[n].to(device=params[n].device, dtype=params[n].dtype)
-                        .contiguous(memory_format=_memory_format(params[n])) for n in mask]
+                        .contiguous(memory_format=memory_format_of(params[n])) for n in mask]
 
     @torch.no_grad()
     def apply_(self) -> None:
@@ -118,7 +118,8 @@ class MaskApplier:
             torch._foreach_mul_(self.params, self.factors)
 
 
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-D tensor stored that way, else the contiguous format."""
     if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format

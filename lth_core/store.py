@@ -302,12 +302,18 @@ class Lease:
             log.warning("could not release lock %r: %s", self.name, e)
 
     def _renew_loop(self) -> None:
+        renewed = time.time()
         while not self._stop.wait(self._lease_seconds / 3):
             try:
                 still_ours = self._backend.renew(_stamped(self._owner, self._lease_seconds), self._lease_seconds)
             except Exception as e:  # e.g. a network error: keep the thread alive, the next round retries
                 log.warning("could not renew lock %r: %s", self.name, e)
+                if time.time() - renewed > self._lease_seconds:  # others may hold it by now
+                    self._lost.set()
+                    log.warning("lock %r: no renewal for a whole lease; treating it as lost", self.name)
+                    return
                 continue
+            renewed = time.time()
             if not still_ours:
                 self._lost.set()
                 log.warning("lock %r was taken over by another process; this holder outlived its lease", self.name)

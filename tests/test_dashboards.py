@@ -477,3 +477,15 @@ def test_analysis_ordering_rules():
     frame = pd.DataFrame({"tweak": ["a", "b", "a", "b", "a"], "level": [1, 1, 2, 2, 3]})
     assert analysis.pick_level(frame) == 2
     assert analysis.pick_level(frame.iloc[:0]) is None
+
+
+def test_optuna_studies_of_every_ticket_seed_are_read(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/o.db"
+    for prefix in ("s-ticket0", "s-ticket1"):
+        study = optuna.create_study(study_name=f"{prefix}-level2", storage=storage, direction="maximize")
+        study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    levels, note = collect.optuna_from_tags({"optuna_storage": storage, "optuna_study_prefix": "s-ticket0",
+                                             "optuna_study_prefixes": "s-ticket0,s-ticket1"})
+    assert note is None and [lv.study for lv in levels] == ["s-ticket0-level2", "s-ticket1-level2"]

@@ -12,10 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lth_core.config import TweakConfig
+from lth_core.training import LossFn
 from lth_core.tweaks.label_smoothing import smoothed_cross_entropy
-
-# loss(student_logits, images, targets) -> scalar; the images are there for the teacher.
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import SKIPS
+from ..masks import memory_format_of
 from ..models.units import ConvUnit, init_conv_
 
 
@@ -77,8 +78,6 @@ def inject_skips(model: nn.Module, variant: str) -> nn.Module:
             unit.skip = IdentitySkip(conv.in_channels, conv.out_channels, conv.stride)
         else:
             weight = conv.weight
-            channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-            unit.skip = Conv1x1Skip(conv).to(
-                device=weight.device, dtype=weight.dtype,
-                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            unit.skip = Conv1x1Skip(conv).to(device=weight.device, dtype=weight.dtype,
+                                             memory_format=memory_format_of(weight))
     return model
