@@ -247,21 +247,27 @@ def _eigen_line(ax, frame: pd.DataFrame, x: str, label: str, color, scale: float
         ax.fill_between(xs, frame["ci_low"], frame["ci_high"], color=color, alpha=0.12, lw=0)
 
 
+def _eigen_figure(frame: pd.DataFrame, x: str, scale: float, figsize: tuple[float, float]):
+    """One line (mean, 95% band over seeds) per combination of the top Hessian eigenvalue against `x`."""
+    tweaks = sorted(frame["tweak"].unique(), key=lambda t: (t != VANILLA, t))
+    colors = _tweak_colors(tweaks)
+    fig, ax = plt.subplots(figsize=figsize)
+    for tweak in tweaks:
+        _eigen_line(ax, frame[frame["tweak"] == tweak], x, tweak, colors[tweak], scale=scale)
+    _eigen_scale(ax, frame["mean"])
+    ax.set_ylabel("top Hessian eigenvalue")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig, ax
+
+
 def hessian_vs_sparsity(summary: pd.DataFrame, path: Path, title: str) -> Path | None:
     """Final top Hessian eigenvalue per combination against sparsity, mean ±95% CI over seeds."""
     if summary.empty:
         return None
-    tweaks = sorted(summary["tweak"].unique(), key=lambda t: (t != VANILLA, t))
-    colors = _tweak_colors(tweaks)
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for tweak in tweaks:
-        _eigen_line(ax, summary[summary["tweak"] == tweak], "sparsity", tweak, colors[tweak], scale=100)
+    fig, ax = _eigen_figure(summary, "sparsity", 100, (9, 5))
     sparsity_axis(ax, 100 * summary["sparsity"])
-    _eigen_scale(ax, summary["mean"])
-    ax.set_ylabel("top Hessian eigenvalue")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
 
 
@@ -269,16 +275,8 @@ def hessian_vs_epoch(curves: pd.DataFrame, path: Path, title: str) -> Path | Non
     """Top Hessian eigenvalue over training per combination at one level (Figure A12)."""
     if curves.empty:
         return None
-    tweaks = sorted(curves["tweak"].unique(), key=lambda t: (t != VANILLA, t))
-    colors = _tweak_colors(tweaks)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for tweak in tweaks:
-        _eigen_line(ax, curves[curves["tweak"] == tweak], "epoch", tweak, colors[tweak])
-    _eigen_scale(ax, curves["mean"])
+    fig, ax = _eigen_figure(curves, "epoch", 1.0, (8, 4.5))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("top Hessian eigenvalue")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
