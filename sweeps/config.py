@@ -227,17 +227,21 @@ def _absolute_uri(uri: str) -> str:
     return str(Path(uri).expanduser().resolve())
 
 
-def _absolute_tracking(uri: str) -> str:
-    """sqlite:///relative.db and plain or file: folders made absolute (trials run in their own folders)."""
+def _absolute_sqlite(uri: str) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix):]).expanduser().resolve())
+    return uri
+
+
+def _absolute_tracking(uri: str) -> str:
+    """sqlite:///relative.db and plain or file: folders made absolute (trials run in their own folders)."""
     if uri.startswith("file:"):
         path = uri[len("file:"):]
         return Path("/" + path.lstrip("/") if path.startswith("/") else path).expanduser().resolve().as_uri()
     if ":" not in uri and ("/" in uri or uri.startswith((".", "~")) or uri == "mlruns"):  # a bare folder
         return Path(uri).expanduser().resolve().as_uri()
-    return uri
+    return _absolute_sqlite(uri)
 
 
 def resolve_paths(sweep: SweepConfig) -> SweepConfig:
@@ -245,8 +249,7 @@ def resolve_paths(sweep: SweepConfig) -> SweepConfig:
     root = sweep.ticket.data.root
     return replace(sweep, store=_absolute_uri(sweep.store), results_dir=_absolute_uri(sweep.results_dir),
                    tracking_uri=_absolute_tracking(sweep.tracking_uri),
-                   optuna_storage=_absolute_tracking(sweep.optuna_storage) if sweep.optuna_storage.startswith(
-                       "sqlite:") else sweep.optuna_storage,
+                   optuna_storage=_absolute_sqlite(sweep.optuna_storage),
                    **{"ticket.data.root": str(Path(root).expanduser().resolve()) if root else None})
 
 

@@ -476,3 +476,17 @@ def test_resources_are_checked_per_node_and_storage_on_multi_node_clusters(tmp_p
     runner.check_resources(shared)
     monkeypatch.setattr(ray, "nodes", fake_nodes({"CPU": 8}))
     runner.check_resources(SweepConfig(**{**local.__dict__, "gpus_per_trial": 0.0}))  # one node: local is fine
+
+
+def test_local_paths_become_absolute_for_trials_that_run_elsewhere(tmp_path, monkeypatch):
+    from lth_core.config import DataConfig, TicketConfig
+    from sweeps.config import SweepConfig, resolve_paths
+
+    monkeypatch.chdir(tmp_path)
+    sweep = resolve_paths(SweepConfig(ticket=TicketConfig(data=DataConfig(name="cifar10", root="data")),
+                                      store="st", results_dir="res", tracking_uri="mlruns",
+                                      optuna_storage="sqlite:///o.db"))
+    assert sweep.ticket.data.root == str(tmp_path / "data") and sweep.store == str(tmp_path / "st")
+    assert sweep.tracking_uri == (tmp_path / "mlruns").as_uri()
+    assert sweep.optuna_storage == f"sqlite:///{tmp_path}/o.db"
+    assert resolve_paths(SweepConfig(tracking_uri="http://mlflow:5000")).tracking_uri == "http://mlflow:5000"
