@@ -6,6 +6,7 @@ Accuracies stay fractions; gains are in percentage points; sparsities are fracti
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import re
 from dataclasses import dataclass, field
@@ -14,7 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-VANILLA = "vanilla"
+from lth_core import tweaks
+from lth_core.tweaks import REGISTRY, VANILLA
+
 SETTING_PARAMS = ["dataset", "arch", "width", "prune_method"]
 POINT_KEYS = ["setting", "tweak", "base_tweak", "rewind_epoch", "level"]
 EPS = 1e-12  # accuracies equal up to float noise count as equal
@@ -36,10 +39,16 @@ def setting_of(frame: pd.DataFrame) -> pd.Series:
     return frame.apply(label, axis=1).astype(object)
 
 
-def base_tweak(tweak: str) -> str:
-    """The tweak label without its rewinding part: 'swish+rewind33' -> 'swish'."""
-    rest = re.sub(r"(^|\+)rewind\d+", "", str(tweak)).strip("+")
-    return rest or VANILLA
+def tweak_configs(runs: pd.DataFrame) -> list:
+    """Each run's TweakConfig, read back from its params (one per registered tweak)."""
+    names = [t.name for t in REGISTRY]
+    return [tweaks.from_params({n: row[n] for n in names if n in row and pd.notna(row[n])})
+            for _, row in runs.iterrows()]
+
+
+def base_tweak(config) -> str:
+    """The label of a run's tweaks without rewinding: swish + rewind 33 -> 'swish'."""
+    return dataclasses.replace(config, rewind_epoch=0).describe()
 
 
 def ticket_of(frame: pd.DataFrame) -> pd.Series:
@@ -60,10 +69,11 @@ def finished_spends(trials: pd.DataFrame) -> pd.DataFrame:
 def spend_points(trials: pd.DataFrame) -> pd.DataFrame:
     """Finished spend runs with a final test_acc, one per spend_key (the latest)."""
     spend = finished_spends(trials)
+    configs = tweak_configs(spend)
     out = pd.DataFrame({
         "setting": setting_of(spend),
         "tweak": spend["tweak"].fillna(VANILLA).astype(object),
-        "rewind_epoch": _col(spend, "rewind_epoch", 0).fillna(0).astype("int64"),
+        "rewind_epoch": pd.Series([c.rewind_epoch for c in configs], index=spend.index, dtype="int64"),
         "level": _col(spend, "level", 0).fillna(0).astype("int64"),
         "sparsity": _col(spend, "sparsity", np.nan).astype("float64"),
         "seed": _col(spend, "seed", 0).fillna(0).astype("int64"),
@@ -71,7 +81,7 @@ def spend_points(trials: pd.DataFrame) -> pd.DataFrame:
         "test_acc": _col(spend, "test_acc", np.nan).astype("float64"),
         "device_seconds": _col(spend, "device_seconds", np.nan).astype("float64"),
     }, index=spend.index)
-    out.insert(2, "base_tweak", out["tweak"].map(base_tweak).astype(object))
+    out.insert(2, "base_tweak", pd.Series([base_tweak(c) for c in configs], index=spend.index, dtype=object))
     return out.reset_index(drop=True)
 
 
@@ -431,7 +441,8 @@ def sweep_notes(trials: pd.DataFrame, result: Analysis) -> list[str]:
                      "they are left out until they finish.")
     unfinished = runs[(runs["stage"] == "spend") & (runs["status"] == "FINISHED") & ~runs["final"].astype(bool)]
     if len(unfinished):
-        notes.append(f"{len(unfinished)} finished spend run(s) have no final metrics (best_val_acc) and are left out.")
+        notes.append(f"{len(unfinished)} finished spend run(s) have no final metrics (final_best_val_acc) and are "
+                     "left out.")
     failed = runs[runs["status"].isin(["FAILED", "KILLED"])]
     if len(failed):
         names = [f"{t} level {lv}" for t, lv in zip(failed["tweak"].fillna(failed["stage"]),

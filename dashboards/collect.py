@@ -1,30 +1,31 @@
 """MLflow -> pandas: read one sweep's runs (layout in docs/tracking.md) into tidy frames.
 
-Everything that talks to MLflow or Optuna lives here, so `analysis` stays pure pandas.
+MLflow is read through `tracking.reader` only (which owns the layout's names); Optuna studies
+are read here. `analysis` stays pure pandas.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pandas as pd
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+from tracking import layout
+from tracking.probe import TrackingError, redact, sqlite_path
+from tracking.reader import RunRecord, TrackingReader, is_complete, result_metrics
+
+DEFAULT_TRACKING_URI = layout.DEFAULT_TRACKING_URI
 # Columns that lead the trials table; params and metrics follow in name order.
 ID_COLUMNS = ["run_id", "run_name", "parent_run_id", "status", "stage", "tweak", "ticket_key",
               "spend_key", "start_time", "end_time", "final"]
-DRAW_LEVEL_METRICS = ["vanilla_test_acc", "vanilla_best_val_acc", "level_sparsity"]
-# The paper's analyses, logged by sweeps run with --analyze / --hessian-every N.
-HESSIAN_METRIC = "hessian_top_eigenvalue"
-ACT_SPARSITY_METRIC = "act_sparsity"  # overall; act_sparsity_<stage> per stage
-HESSIAN_HISTORY_COLUMNS = ["run_id", "epoch", "hessian_top_eigenvalue"]
-HEALTH_TIMEOUT_S = 3.0
+DRAW_LEVEL_METRICS = list(layout.DRAW_LEVEL_METRICS)
+# The paper's analyses, logged by sweeps run with --analyze / --hessian-every N (report columns).
+HESSIAN_METRIC = layout.HESSIAN
+ACT_SPARSITY_METRIC = layout.ACT_SPARSITY  # overall; act_sparsity_<stage> per stage
+HESSIAN_HISTORY_COLUMNS = ["run_id", "epoch", HESSIAN_METRIC]
 
 
 class ReportError(RuntimeError):
@@ -67,138 +68,69 @@ class Sweep:
     hessian_history: pd.DataFrame = field(default_factory=empty_hessian_history)
 
 
-def redact(uri: str) -> str:
-    """The URI without its password: it is printed and ends up in an HTML artifact."""
-    password = urlparse(uri).password
-    return uri.replace(f":{password}@", ":***@", 1) if password else uri
-
-
-def sqlite_path(url: str) -> str:
-    """The file behind a `sqlite:///` URL ('' for anything else or an in-memory database)."""
-    path = url[len("sqlite:///"):].split("?")[0] if url.startswith("sqlite:///") else ""
-    return "" if path == ":memory:" else path
-
-
 def resolve_tracking_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def check_reachable(uri: str) -> None:
-    """Fail fast and clearly: mlflow retries an HTTP server for minutes, and silently creates a
-    new empty store for a mistyped sqlite path."""
-    how = "pass --tracking-uri or set MLFLOW_TRACKING_URI"
-    scheme = urlparse(uri).scheme
-    if scheme in ("http", "https"):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            pass  # the server answered; authentication and the like are mlflow's to report
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ReportError(f"cannot reach the MLflow tracking server at {redact(uri)} ({reason}); "
-                              f"start it (mlflow server ...) or {how}") from None
-    elif scheme == "sqlite":
-        path = sqlite_path(uri)
-        if path and not Path(path).is_file():
-            raise ReportError(f"no MLflow store at {Path(path).resolve()} (tracking URI {redact(uri)}); {how}")
-    elif scheme in ("", "file"):
-        path = urlparse(uri).path if scheme else uri
-        if not Path(path).is_dir():
-            raise ReportError(f"no MLflow file store at {path} (tracking URI {uri}); {how}")
-
-
-def connect(uri: str):
-    """A client for `uri`, after the reachability check."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    check_reachable(uri)
-    client = mlflow.MlflowClient(tracking_uri=uri)
+def connect(uri: str) -> TrackingReader:
+    """A reader for `uri`, after the reachability check (`tracking.probe.check_reachable`)."""
     try:
-        client.search_experiments(max_results=1)
-    except MlflowException as exc:
-        raise ReportError(f"cannot read the MLflow store at {redact(uri)}: {exc}") from None
-    return client
+        return TrackingReader(uri)
+    except TrackingError as exc:
+        raise ReportError(str(exc)) from None
 
 
-def load_sweep(client, experiment: str, with_optuna: bool = True) -> Sweep:
+def load_sweep(reader: TrackingReader, experiment: str, with_optuna: bool = True) -> Sweep:
     """All runs of `experiment` as a Sweep; raises ReportError for an unknown experiment."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None or exp.lifecycle_stage != "active":
-        names = sorted(e.name for e in client.search_experiments())
-        listed = ", ".join(repr(n) for n in names) if names else "none"
-        raise ReportError(f"no experiment named {experiment!r} at {redact(client.tracking_uri)}; "
-                          f"experiments there: {listed}")
-    runs = _all_runs(client, exp.experiment_id)
-    parents = sorted((r for r in runs if r.data.tags.get("stage") == "sweep"),
-                     key=lambda r: r.info.start_time or 0)
-    children = [r for r in runs if r.data.tags.get("stage") != "sweep"]
-    trials = trials_frame(client, children)
-    hessian = hessian_values(client, [r for r in children if r.data.tags.get("stage") == "spend"])
+    try:
+        runs = reader.experiment_runs(experiment)
+    except TrackingError as exc:
+        raise ReportError(str(exc)) from None
     sweep = Sweep(
         experiment=experiment,
-        tracking_uri=redact(client.tracking_uri),
-        trials=with_final_hessian(trials, hessian),
-        draw_levels=draw_levels_frame(client, [r for r in children if r.data.tags.get("stage") == "draw"]),
-        n_parents=len(parents),
-        hessian_history=hessian_history(hessian),
+        tracking_uri=reader.shown_uri,
+        trials=trials_frame(runs.children),
+        draw_levels=draw_levels_frame(reader, runs.draws),
+        n_parents=len(runs.parents),
+        hessian_history=hessian_history(reader, runs.spends),
     )
-    if parents:
-        latest = parents[-1]
-        sweep.parent = {"run_id": latest.info.run_id, "status": latest.info.status,
-                        "start_time": pd.to_datetime(latest.info.start_time, unit="ms", utc=True),
-                        "tags": {k: v for k, v in latest.data.tags.items() if not k.startswith("mlflow.")}}
+    if runs.parents:
+        latest = runs.parents[-1]
+        sweep.parent = {"run_id": latest.run_id, "status": latest.status,
+                        "start_time": pd.to_datetime(latest.start_time, unit="ms", utc=True),
+                        "tags": latest.user_tags}
         if with_optuna:
             sweep.optuna, sweep.optuna_note = optuna_from_tags(sweep.parent["tags"])
     else:
-        sweep.optuna_note = "No sweep parent run (tag stage=sweep), so no Optuna studies are known."
+        sweep.optuna_note = (f"No sweep parent run (tag {layout.STAGE}={layout.STAGE_SWEEP}), "
+                             "so no Optuna studies are known.")
     return sweep
 
 
-def _all_runs(client, experiment_id: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def final_test_acc(client, run_id: str) -> float | None:
-    """The spend run's final test_acc: the value logged last. MLflow's own "latest" value is
-    the one with the highest step, i.e. the last epoch's, not the step-less final value."""
-    history = client.get_metric_history(run_id, "test_acc")
-    if not history:
-        return None
-    return max(enumerate(history), key=lambda im: (im[1].timestamp, im[0]))[1].value
-
-
-def trials_frame(client, runs: list) -> pd.DataFrame:
-    """A row per run: tags, params (numbers where they parse), final metrics."""
+def trials_frame(runs: list[RunRecord]) -> pd.DataFrame:
+    """A row per run: tags, params (numbers where they parse), and the metrics under the report's
+    column names (`tracking.reader.result_metrics`): a spend run's final metrics without their
+    `final_` prefix (`final_test_acc` -> `test_acc`, NaN until the run is final)."""
     rows, param_names, metric_names = [], set(), set()
     for run in runs:
-        tags, metrics = run.data.tags, dict(run.data.metrics)
-        stage = tags.get("stage")
-        # A spend run is final once its final-only metric is there; until then its latest
-        # test_acc is some epoch's, which must not pass for the result.
-        final = run.info.status == "FINISHED" and (stage != "spend" or "best_val_acc" in metrics)
-        if stage == "spend":
-            metrics["test_acc"] = final_test_acc(client, run.info.run_id) if final else None
+        tags = run.tags
         row = {
-            "run_id": run.info.run_id,
-            "run_name": run.info.run_name,
-            "parent_run_id": tags.get("mlflow.parentRunId"),
-            "status": run.info.status,
-            "stage": stage,
-            "tweak": tags.get("tweak"),
-            "ticket_key": tags.get("ticket_key"),
-            "spend_key": tags.get("spend_key"),
-            "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
-            "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True) if run.info.end_time else pd.NaT,
-            "final": final,
+            "run_id": run.run_id,
+            "run_name": run.run_name,
+            "parent_run_id": run.parent_run_id,
+            "status": run.status,
+            "stage": run.stage,
+            "tweak": tags.get(layout.TWEAK),
+            "ticket_key": tags.get(layout.TICKET_KEY),
+            "spend_key": tags.get(layout.SPEND_KEY),
+            "start_time": pd.to_datetime(run.start_time, unit="ms", utc=True),
+            "end_time": pd.to_datetime(run.end_time, unit="ms", utc=True) if run.end_time else pd.NaT,
+            "final": is_complete(run),
         }
-        for name, value in run.data.params.items():
+        metrics = result_metrics(run)
+        if run.stage == layout.STAGE_SPEND and not row["final"]:
+            metrics.setdefault(layout.TEST_ACC, None)  # the column exists, empty until the result is in
+        for name, value in run.params.items():
             column = name if name not in ID_COLUMNS else f"param.{name}"
             row[column] = value
             param_names.add(column)
@@ -238,61 +170,34 @@ def convert_param(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values, errors="coerce").astype("float64")
 
 
-def hessian_values(client, spends: list) -> pd.DataFrame:
-    """Every logged top Hessian eigenvalue of the spend runs that have one: a row per value with
-    its epoch (step), timestamp and whether it was logged during training (`--hessian-every N`,
-    before the run's final metrics) or with the final metrics (`--analyze`, at the last epoch's
-    step). Only runs with the metric cost a history request (two: the eigenvalues and, for the
-    cut-off, best_val_acc)."""
+def hessian_history(reader: TrackingReader, spends: list[RunRecord]) -> pd.DataFrame:
+    """The top Hessian eigenvalue per epoch as measured during training (`--hessian-every N`,
+    Figure A12): a row per run and epoch (the latest value when an epoch was logged twice, e.g. by
+    a restarted trial). The final `--analyze` value has its own name and is not part of it. Only
+    runs with the metric cost a history request."""
     rows = []
     for run in spends:
-        if HESSIAN_METRIC not in run.data.metrics:
+        if layout.HESSIAN not in run.metrics:
             continue
-        run_id = run.info.run_id
-        history = client.get_metric_history(run_id, HESSIAN_METRIC)
-        finals = client.get_metric_history(run_id, "best_val_acc") if "best_val_acc" in run.data.metrics else []
-        cutoff = min((m.timestamp for m in finals), default=None)
-        for order, m in enumerate(history):
-            rows.append({"run_id": run_id, "epoch": m.step, HESSIAN_METRIC: m.value, "timestamp": m.timestamp,
-                         "order": order, "during_training": cutoff is None or m.timestamp < cutoff})
-    columns = ["run_id", "epoch", HESSIAN_METRIC, "timestamp", "order", "during_training"]
-    frame = pd.DataFrame(rows, columns=columns)
-    return frame.astype({"run_id": object, "epoch": "int64", HESSIAN_METRIC: "float64", "timestamp": "int64",
-                         "order": "int64", "during_training": bool})
-
-
-def with_final_hessian(trials: pd.DataFrame, values: pd.DataFrame) -> pd.DataFrame:
-    """`hessian_top_eigenvalue` as the value logged last (by timestamp): the final `--analyze` value
-    when there is one, else the last epoch `--hessian-every N` measured. MLflow's "latest" value
-    is the highest step's, which ties at the last epoch when both were logged."""
-    if values.empty or HESSIAN_METRIC not in trials.columns:
-        return trials
-    last = values.sort_values(["timestamp", "order"]).drop_duplicates("run_id", keep="last")
-    final = trials["run_id"].map(last.set_index("run_id")[HESSIAN_METRIC])
-    trials = trials.copy()
-    trials[HESSIAN_METRIC] = final.where(final.notna(), trials[HESSIAN_METRIC]).astype("float64")
-    return trials
-
-
-def hessian_history(values: pd.DataFrame) -> pd.DataFrame:
-    """The eigenvalue per epoch as measured during training (Figure A12): a row per run and epoch
-    (the latest value when an epoch was logged twice, e.g. by a restarted trial)."""
-    during = values[values["during_training"]].sort_values(["timestamp", "order"])
-    if during.empty:
+        for order, m in enumerate(reader.metric_history(run.run_id, layout.HESSIAN)):
+            rows.append({"run_id": run.run_id, "epoch": m.step, HESSIAN_METRIC: m.value, "timestamp": m.timestamp,
+                         "order": order})
+    if not rows:
         return empty_hessian_history()
-    during = during.drop_duplicates(["run_id", "epoch"], keep="last").sort_values(["run_id", "epoch"])
-    return during[HESSIAN_HISTORY_COLUMNS].reset_index(drop=True)
+    values = pd.DataFrame(rows).sort_values(["timestamp", "order"])
+    values = values.drop_duplicates(["run_id", "epoch"], keep="last").sort_values(["run_id", "epoch"])
+    values = values.astype({"run_id": object, "epoch": "int64", HESSIAN_METRIC: "float64"})
+    return values[HESSIAN_HISTORY_COLUMNS].reset_index(drop=True)
 
 
-def draw_levels_frame(client, draws: list) -> pd.DataFrame:
+def draw_levels_frame(reader: TrackingReader, draws: list[RunRecord]) -> pd.DataFrame:
     """A row per (draw run, level) from the draw's per-level step series."""
     rows: dict[tuple, dict] = {}
     for run in draws:
         for metric in DRAW_LEVEL_METRICS:
-            for m in client.get_metric_history(run.info.run_id, metric):
-                row = rows.setdefault((run.info.run_id, m.step), {
-                    "run_id": run.info.run_id, "ticket_key": run.data.tags.get("ticket_key"),
-                    "level": m.step})
+            for m in reader.metric_history(run.run_id, metric):
+                row = rows.setdefault((run.run_id, m.step), {
+                    "run_id": run.run_id, "ticket_key": run.tags.get(layout.TICKET_KEY), "level": m.step})
                 row[metric] = m.value
     columns = ["run_id", "ticket_key", "level", *DRAW_LEVEL_METRICS]
     frame = pd.DataFrame(list(rows.values()), columns=columns)
@@ -304,14 +209,14 @@ def draw_levels_frame(client, draws: list) -> pd.DataFrame:
 
 def optuna_from_tags(tags: dict) -> tuple[list[OptunaLevel] | None, str | None]:
     """The parent's `optuna_storage` / `optuna_study_prefix` tags -> per-level study summaries."""
-    storage, prefix = tags.get("optuna_storage"), tags.get("optuna_study_prefix")
+    storage, prefix = tags.get(layout.OPTUNA_STORAGE), tags.get(layout.OPTUNA_STUDY_PREFIX)
     if not storage or not prefix:
-        return None, (f"This is a {tags.get('kind', 'grid')} sweep: the parent run names no Optuna "
-                      "studies (tags optuna_storage, optuna_study_prefix).")
+        return None, (f"This is a {tags.get(layout.KIND, layout.KIND_GRID)} sweep: the parent run names no Optuna "
+                      f"studies (tags {layout.OPTUNA_STORAGE}, {layout.OPTUNA_STUDY_PREFIX}).")
     path = sqlite_path(storage)
     if path and not Path(path).is_file():  # optuna would create an empty store there
         return None, f"The Optuna storage {redact(storage)} named by the parent run does not exist (from this folder)."
-    prefixes = tags.get("optuna_study_prefixes", prefix).split(",")  # one prefix per ticket seed
+    prefixes = tags.get(layout.OPTUNA_STUDY_PREFIXES, prefix).split(",")  # one prefix per ticket seed
     try:
         return [level for p in prefixes for level in load_optuna(storage, p)], None
     except Exception as exc:  # any storage or schema problem becomes a note, not a crash
@@ -347,7 +252,7 @@ def load_optuna(storage: str, prefix: str) -> list[OptunaLevel]:
     return levels
 
 
-def log_report(client, run_id: str, paths: list[Path], artifact_path: str = "report") -> None:
+def log_report(reader: TrackingReader, run_id: str, paths: list[Path],
+               artifact_path: str = layout.REPORT_ARTIFACT_PATH) -> None:
     """Attach the report files to the sweep's parent run, so they show in the MLflow UI."""
-    for path in paths:
-        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    reader.log_artifacts(run_id, paths, artifact_path)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from tracking import layout
+from tracking.probe import redact
+
 from . import analysis, collect, html, plots
 from .analysis import Analysis
 from .collect import Sweep
@@ -232,7 +235,8 @@ def _optuna_section(sweep: Sweep, out: Path, section: html.Section) -> list[Path
         return []
     if not sweep.optuna:
         tags = sweep.parent["tags"]
-        section.note(f"No study named {tags.get('optuna_study_prefix')}-level<k> in {collect.redact(tags.get('optuna_storage', ''))}.")
+        section.note(f"No study named {tags.get(layout.OPTUNA_STUDY_PREFIX)}-level<k> in "
+                     f"{redact(tags.get(layout.OPTUNA_STORAGE, ''))}.")
         return []
     section.add(html.table(pd.DataFrame([{
         "level": lv.level, "study": lv.study, "trials": lv.n_trials, "completed": lv.n_complete,

@@ -1,4 +1,4 @@
-"""`python -m lth_core draw|spend|show|analyze`: the core without Ray or MLflow.
+"""`python -m lth_core draw|spend|show|analyze|tweaks`: the core without Ray or MLflow.
 
 Each command takes a config file (JSON or YAML), flags, or both (flags win),
 shows progress on stderr and prints a JSON summary on stdout.
@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lth_core import paths
 from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping, recipe_overlay
-from lth_core.flags import FlagTable, add_flags, deep_merge, overrides
-from lth_core.training import EpochRecord
+from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, tweak_flags
+from lth_core.tables import StageProgress, format_levels
 
 DEFAULT_STORE = "artifacts"
 
@@ -47,14 +48,8 @@ TICKET_FLAGS: FlagTable = {
 SPEND_FLAGS: FlagTable = {
     "--level": ("level", int, "pruning level to spend (0 = the dense net)"),
     "--spend-seed": ("seed", int, "seed of the re-training"),
-    "--activation": ("tweaks.activation", str, "relu | swish | mish | gelu | elu | softplus | pswish"),
-    "--skip": ("tweaks.skip", str, "none | identity | conv1x1"),
-    "--label-smoothing": ("tweaks.label_smoothing", float, "label smoothing ratio in [0, 1)"),
-    "--kd": ("tweaks.kd", "kd", "distil from the dense net: ALPHA,T (e.g. 0.9,5)"),
-    "--rescale-init": ("tweaks.rescale_init", "section", "GradInit layer-wise re-scaled initialisation"),
-    "--rescale-iterations": ("tweaks.rescale_init.iterations", int, "GradInit iterations"),
-    "--rewind-epoch": ("tweaks.rewind_epoch", int, "start from the dense run's weights at this epoch"),
     "--spend-epochs": ("recipe.epochs", int, "re-training epochs; the rest of the recipe stays the ticket's"),
+    **tweak_flags(),
 }
 
 
@@ -72,45 +67,6 @@ def spend_from_args(args: argparse.Namespace) -> SpendConfig:
     if isinstance(data.get("recipe"), dict):
         data["recipe"] = recipe_overlay(from_dict(TicketConfig, data.get("ticket")).recipe, data["recipe"])
     return from_dict(SpendConfig, data)
-
-
-class StageProgress:
-    """One progress bar per stage (dense run, each level, the spend) on stderr."""
-
-    def __init__(self, epochs_of: dict[str, int] | None = None, default_epochs: int = 0):
-        from tqdm import tqdm
-
-        self._tqdm = tqdm
-        self._bar = None
-        self._stage = None
-        self._epochs_of = epochs_of or {}
-        self._default = default_epochs
-
-    def __call__(self, stage: str, record: EpochRecord) -> None:
-        if stage != self._stage:
-            self.close()
-            self._stage = stage
-            total = self._epochs_of.get(stage, self._default)
-            self._bar = self._tqdm(total=total, desc=stage, file=sys.stderr, leave=True, dynamic_ncols=True,
-                                   initial=record.epoch - 1)
-        self._bar.set_postfix(loss=f"{record.train_loss:.3f}", val=f"{record.val_acc:.3f}",
-                              test=f"{record.test_acc:.3f}")
-        self._bar.update(record.epoch - self._bar.n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-def format_levels(summary: dict[str, Any]) -> str:
-    """The per-level table of a draw: sparsity and vanilla LTH accuracy."""
-    lines = [f"ticket {summary['key']}  ({summary['config']['model']['arch']} on {summary['config']['data']['name']})",
-             f"{'level':>5}  {'sparsity':>8}  {'best val':>8}  {'test acc':>8}",
-             f"{0:>5}  {0.0:>8.2%}  {summary['dense']['best_val_acc']:>8.2%}  {summary['dense']['test_acc']:>8.2%}  (dense)"]
-    for lv in summary["levels"]:
-        lines.append(f"{lv['level']:>5}  {lv['sparsity']:>8.2%}  {lv['best_val_acc']:>8.2%}  {lv['test_acc']:>8.2%}")
-    return "\n".join(lines)
 
 
 def _store(args: argparse.Namespace):
@@ -152,7 +108,10 @@ def cmd_spend(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_show(args: argparse.Namespace) -> dict[str, Any]:
     store = _store(args)
     key = args.key or ticket_from_args(args).key
-    path = f"tickets/{key}/summary.json"
+    try:
+        path = paths.ticket_summary(key)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     if not store.exists(path):
         raise SystemExit(f"error: no finished draw with key {key} in {store.uri}; run `python -m lth_core draw` first")
     summary = store.read_json(path)
@@ -175,6 +134,13 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     print(result["table"], file=sys.stderr)
     print(f"eigenvalues: {result['hessian']['eigenvalues']}; plots and arrays in {out}", file=sys.stderr)
     return {k: v for k, v in result.items() if k != "table"}
+
+
+def cmd_tweaks(args: argparse.Namespace) -> dict[str, Any]:
+    from lth_core.tweaks import REGISTRY, docs_table
+
+    print(docs_table(), file=sys.stderr)
+    return {t.name: {"summary": t.summary, "hooks": list(t.hooks()), "search": list(t.search)} for t in REGISTRY}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=4,
                    help="train batches for the Hessian and landscape, test batches for activations")
     p.set_defaults(run=cmd_analyze)
+
+    p = sub.add_parser("tweaks", help="the registered re-training tweaks: flags, values, labels, hooks")
+    p.set_defaults(run=cmd_tweaks)
     return parser
 
 

@@ -1,27 +1,67 @@
 """Flag tables to nested config dicts, shared by `python -m lth_core` and the sweeps.
 
 A table maps each command-line flag to (dotted field, kind, help). Kinds: a type
-(`int`, `float`, `str`), "ints"/"floats" (comma-separated lists), "kd" ("ALPHA,T"),
-"flag" (true when given) and "section" (switches on an optional config section
-with its defaults). Files, flags and `--set` overrides merge into one dict that
-`lth_core.config.from_dict` validates.
+(`int`, `float`, `str`), "ints"/"floats" (comma-separated lists), "flag" (true when
+given) and `Parsed` (a function that reads the text; with `const`, the flag may also
+be given alone). Files, flags and `--set` overrides merge into one dict that
+`lth_core.config.from_dict` validates. `tweak_flags` derives the tweaks' flags from
+their registry.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from lth_core.config import ConfigError
+from lth_core.schema import ConfigError
 
 FlagTable = dict[str, tuple[str, Any, str]]
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """A flag kind read by `parse(text)`; with `const`, the flag given alone means `const`."""
+
+    parse: Callable[[str], Any]
+    metavar: str = "VALUE"
+    const: str | None = None
+
+
+def tweak_flags(prefix: str = "tweaks.") -> FlagTable:
+    """One flag per registered tweak (`--kd 0.5,4`, `--rescale-init`), and one per setting of a
+    tweak with a section (`--kd-alpha 0.5`: turns the tweak on with that setting)."""
+    from lth_core.tweaks import REGISTRY, flag_name
+
+    flags: FlagTable = {}
+    for tweak in REGISTRY:
+        if tweak.section is None:
+            allowed = " | ".join(tweak.choices) if tweak.choices else tweak.value_type.__name__
+            flags[flag_name(tweak)] = (prefix + tweak.name, Parsed(tweak.as_config_value, tweak.value_type.__name__.upper()),
+                                       f"{tweak.summary}: {allowed} (default {tweak.encode(tweak.default)})")
+            continue
+        settings = dataclasses.fields(tweak.section)
+        types = typing.get_type_hints(tweak.section)
+        flags[flag_name(tweak)] = (prefix + tweak.name, Parsed(tweak.as_config_value, "off|on|" + ",".join(
+            f.name.upper() for f in settings), const="on"), f"{tweak.summary} (default off; alone: on)")
+        for f in settings:
+            flags[flag_name(tweak, f.name)] = (f"{prefix}{tweak.name}.{f.name}", types[f.name],
+                                               f"{f.metadata.get('help', f.name)} (default {f.default}; "
+                                               f"turns {tweak.name} on)")
+    return flags
+
+
 def add_flags(parser: argparse.ArgumentParser, flags: FlagTable) -> None:
     for flag, (_, kind, help_text) in flags.items():
-        if kind in ("flag", "section"):
+        if kind == "flag":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        elif isinstance(kind, Parsed):
+            parser.add_argument(flag, default=None, nargs="?" if kind.const else None, const=kind.const,
+                                metavar=kind.metavar, help=help_text)
         else:
             parser.add_argument(flag, default=None, metavar=flag.strip("-").split("-")[-1].upper(), help=help_text)
 
@@ -30,16 +70,15 @@ def parse_value(kind: Any, raw: Any, flag: str) -> Any:
     try:
         if kind == "flag":
             return True
-        if kind == "section":
-            return {}
         if kind == "ints":
             return [int(v) for v in raw.split(",") if v.strip()]
         if kind == "floats":
             return [float(v) for v in raw.split(",") if v.strip()]
-        if kind == "kd":
-            alpha, temperature = (float(v) for v in raw.split(","))
-            return {"alpha": alpha, "temperature": temperature}
+        if isinstance(kind, Parsed):
+            return kind.parse(raw)
         return kind(raw)
+    except ConfigError as e:
+        raise ConfigError(flag, f"cannot read {raw!r} ({e})") from None
     except ValueError:
         raise ConfigError(flag, f"cannot read {raw!r}") from None
 

@@ -1,9 +1,10 @@
 """The SGD training recipe shared by the dense run, IMP levels and every spend.
 
-`fit` trains a (possibly masked) model epoch by epoch. After each epoch it hands
-the caller an `EpochRecord` and a way to build a checkpoint payload; feeding
-that payload back as `resume` continues to the same final weights as an
-uninterrupted run (model, optimizer, scheduler and data RNG are all restored).
+`fit` trains a (possibly masked) model epoch by epoch, calling its `TrainHook`s
+(`lth_core.hooks`) at fixed points. After each epoch it hands the caller an
+`EpochRecord` and a way to build a checkpoint payload; feeding that payload back
+as `resume` continues to the same final weights as an uninterrupted run (model,
+optimizer, scheduler, data RNG and every hook's state are restored).
 """
 
 from __future__ import annotations
@@ -11,24 +12,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lth_core.config import RecipeConfig
 from lth_core.data import Dataset, iterate_batches
+from lth_core.hooks import LossFn, Loop, TrainHook, cross_entropy_loss
 from lth_core.masks import Mask, MaskApplier
-
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""loss(logits, images, labels): images are passed so a distillation teacher can see them."""
-
-
-def cross_entropy_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), labels)
 
 
 @dataclass(frozen=True)
@@ -126,10 +120,13 @@ def evaluate(model: nn.Module, dataset: Dataset, split: str, runtime: Runtime,
 
 def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, runtime: Runtime,
         mask: Mask | None = None, loss_fn: LossFn = cross_entropy_loss, keep_epochs: Iterable[int] = (),
-        resume: dict[str, Any] | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+        resume: dict[str, Any] | None = None, on_epoch: EpochCallback | None = None,
+        hooks: Sequence[TrainHook] = ()) -> TrainResult:
     """Train `model` (already on `runtime.device`) with the recipe; the mask is re-applied after
     every optimizer step so pruned weights stay exactly zero. Snapshots of the weights after the
-    epochs in `keep_epochs` (0 = before training) are returned for rewinding."""
+    epochs in `keep_epochs` (0 = before training) are returned for rewinding. When a hook's
+    `on_train_end` replaces the weights, the last epoch's record is re-evaluated on them, so
+    the history always ends with the weights `fit` returns."""
     keep = set(keep_epochs)
     applier = MaskApplier(model, mask) if mask is not None else None
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
@@ -148,13 +145,26 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
         result.history = [EpochRecord(**r) for r in resume["history"]]
         result.snapshots = {int(e): s for e, s in resume["snapshots"].items()}
         result.wall_seconds = float(resume["wall_seconds"])
+        states = resume.get("hooks", {})
+        for hook in hooks:
+            if hook.name in states:
+                hook.load_state_dict(states[hook.name])
     if applier is not None:
         applier.apply_()
     if start_epoch == 0 and 0 in keep:
         result.snapshots[0] = state_copy(model)
 
+    if len({hook.name for hook in hooks}) != len(hooks):
+        raise ValueError(f"hooks need distinct names, got {[hook.name for hook in hooks]}")
+    loop = Loop(model=model, optimizer=optimizer, scheduler=scheduler, dataset=dataset, runtime=runtime,
+                mask=mask, epochs=recipe.epochs, batch_size=recipe.batch_size, epoch=start_epoch)
+    for hook in hooks:
+        hook.on_train_start(loop)
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         started = time.perf_counter()
+        loop.epoch = epoch
+        for hook in hooks:
+            hook.on_epoch_start(loop)
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         train_loss = torch.zeros((), device=runtime.device)
@@ -162,6 +172,8 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
         seen = 0
         for images, labels in iterate_batches(dataset, "train", recipe.batch_size, generator=generator,
                                               shuffle=True, augment=True):
+            for hook in hooks:
+                images, labels = hook.on_batch(loop, images, labels)
             with runtime.autocast():
                 logits = model(runtime.images(images))
                 loss = loss_fn(logits, images, labels)
@@ -170,10 +182,14 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
             optimizer.step()
             if applier is not None:
                 applier.apply_()
+            for hook in hooks:
+                hook.on_step_end(loop)
             train_loss += loss.detach().float() * labels.numel()
             train_correct += (logits.detach().argmax(1) == labels).sum()
             seen += labels.numel()
-        scheduler.step()
+        loop.scheduler.step()
+        for hook in hooks:
+            hook.on_epoch_end(loop)
         val_loss, val_acc = evaluate(model, dataset, "val", runtime)
         _, test_acc = evaluate(model, dataset, "test", runtime)
         runtime.synchronize()
@@ -186,12 +202,20 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
         if epoch in keep:
             result.snapshots[epoch] = state_copy(model)
         if on_epoch is not None:
-            on_epoch(record, lambda: _checkpoint(model, optimizer, scheduler, generator, epoch, result))
+            on_epoch(record, lambda: _checkpoint(model, optimizer, scheduler, generator, epoch, result, hooks))
+    replaced = [hook.on_train_end(loop) for hook in hooks]
+    if any(replaced):
+        if applier is not None:
+            applier.apply_()
+        val_loss, val_acc = evaluate(model, dataset, "val", runtime)
+        _, test_acc = evaluate(model, dataset, "test", runtime)
+        result.history[-1] = dataclasses.replace(result.history[-1], val_loss=val_loss, val_acc=val_acc,
+                                                 test_acc=test_acc)
     return result
 
 
-def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                generator: torch.Generator, epoch: int, result: TrainResult) -> dict[str, Any]:
+def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
+                epoch: int, result: TrainResult, hooks: Sequence[TrainHook]) -> dict[str, Any]:
     """Everything `fit(resume=...)` needs; loadable with torch.load(weights_only=True)."""
     return {
         "epoch": epoch,
@@ -202,6 +226,7 @@ def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
         "history": [dataclasses.asdict(r) for r in result.history],
         "snapshots": {str(e): s for e, s in result.snapshots.items()},
         "wall_seconds": result.wall_seconds,
+        "hooks": {hook.name: _to_cpu(hook.state_dict()) for hook in hooks},
     }
 
 

@@ -7,6 +7,7 @@ Everything is validated before Ray, MLflow or any training starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,34 +18,25 @@ import yaml
 from lth_core.config import (ConfigError, RecipeConfig, SpendConfig, TicketConfig, TweakConfig, from_dict,
                              read_mapping, recipe_overlay, replace, to_dict)
 from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, set_dotted
+from lth_core.tweaks import REGISTRY
 
 
-@dataclass(frozen=True)
-class OptunaSpace:
-    """The tweak space Optuna searches at each level (categorical choices)."""
+def _check_space(self: Any) -> None:
+    for tweak in REGISTRY:
+        choices = getattr(self, tweak.name)
+        if not choices:
+            raise ConfigError(f"optuna_space.{tweak.name}", "needs at least one choice")
+        for value in choices:
+            tweak.decode(value)
 
-    activation: tuple[str, ...] = ("relu", "swish", "mish")
-    skip: tuple[str, ...] = ("none", "identity")
-    label_smoothing: tuple[float, ...] = (0.0, 0.1)
-    kd: tuple[str, ...] = ("off", "0.9,5")
-    rescale_init: tuple[bool, ...] = (False, True)
-    rewind_epoch: tuple[int, ...] = (0,)
 
-    def __post_init__(self) -> None:
-        for name in ("activation", "skip", "label_smoothing", "kd", "rescale_init", "rewind_epoch"):
-            if not getattr(self, name):
-                raise ConfigError(f"optuna.space.{name}", "needs at least one choice")
-        for a in self.activation:
-            TweakConfig(activation=a)
-        for s in self.skip:
-            TweakConfig(skip=s)
-        for eps in self.label_smoothing:
-            TweakConfig(label_smoothing=eps)
-        for kd in self.kd:
-            if kd != "off":
-                parts = kd.split(",")
-                if len(parts) != 2:
-                    raise ConfigError("optuna.space.kd", f"{kd!r}: use 'off' or 'ALPHA,T'")
+OptunaSpace = dataclasses.make_dataclass(
+    "OptunaSpace", [(t.name, tuple[Any, ...], dataclasses.field(default=t.search)) for t in REGISTRY],
+    namespace={"__post_init__": _check_space,
+               "__doc__": "The tweak space Optuna searches at each level: categorical choices per registered "
+                          "tweak, in flat form (lth_core.tweaks.base)."},
+    frozen=True)
+OptunaSpace.__module__ = __name__
 
 
 @dataclass(frozen=True)
@@ -126,7 +118,7 @@ def _smoke() -> dict[str, Any]:
                    {"activation": "swish", "skip": "identity", "label_smoothing": 0.1, "rewind_epoch": 1}],
         "optuna_trials": 4,
         "optuna_space": {"activation": ["relu", "swish"], "skip": ["none", "identity"],
-                         "label_smoothing": [0.0, 0.1], "kd": ["off"], "rescale_init": [False],
+                         "label_smoothing": [0.0, 0.1], "kd": ["off"], "rescale_init": ["off"],
                          "rewind_epoch": [0, 1]},
     }
 
@@ -153,7 +145,7 @@ def _paper() -> dict[str, Any]:
         "asha": False,
         "optuna_trials": 24,
         "optuna_space": {"activation": ["relu", "swish", "mish"], "skip": ["none", "identity", "conv1x1"],
-                         "label_smoothing": [0.0, 0.1], "kd": ["off", "0.9,5"], "rescale_init": [False, True],
+                         "label_smoothing": [0.0, 0.1], "kd": ["off", "on"], "rescale_init": ["off", "on"],
                          "rewind_epoch": [0, 33]},
     }
 

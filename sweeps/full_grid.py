@@ -17,11 +17,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lth_core.cli import format_levels  # noqa: E402
+from lth_core import paths  # noqa: E402
 from lth_core.config import to_dict  # noqa: E402
 from lth_core.store import ArtifactStore  # noqa: E402
+from lth_core.tables import format_levels  # noqa: E402
 from sweeps import runner  # noqa: E402
 from sweeps.config import SweepConfig, add_arguments, sweep_from_args, trial_base  # noqa: E402
+from tracking.layout import KIND_GRID  # noqa: E402
 
 
 def spend_space(sweep: SweepConfig, parent_run_id: str | None) -> dict:
@@ -58,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     sweep = sweep_from_args(args)
     trials = len(sweep.spends())
-    print(runner.plan_text(sweep, trials, "grid"), file=sys.stderr)
+    print(runner.plan_text(sweep, trials, KIND_GRID), file=sys.stderr)
     if args.dry_run:
         return 0
-    with runner.sweep_session(sweep, args.preset, "grid") as parent:
+    with runner.sweep_session(sweep, args.preset, KIND_GRID) as parent:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
 
@@ -77,10 +79,10 @@ def run(args: argparse.Namespace) -> int:
         name = runner.experiment_name(f"{sweep.name}-spends", space)
         results = runner.run_tuner(name, spend_trainable, sweep, space, tune_config, expected_trials=trials)
         if not sweep.asha:  # ASHA stops trials on purpose
-            runner.require_stored(sweep, [f"spends/{s.key}/result.json" for s in sweep.spends()], name)
+            runner.require_stored(sweep, [paths.spend_result(s.key) for s in sweep.spends()], name)
     store = ArtifactStore(sweep.store)
     for ticket in sweep.tickets():  # vanilla LTH per level, from the draw
-        print(format_levels(store.read_json(f"tickets/{ticket.key}/summary.json")) + "\n")
+        print(format_levels(store.read_json(paths.ticket_summary(ticket.key))) + "\n")
     print(summary_table(results))
     print(f"\nsweep {sweep.name!r} finished in {runner.elapsed(started)}: {trials} trials.\n"
           f"MLflow UI: {runner.mlflow_ui_hint(sweep)}")

@@ -2,9 +2,9 @@
 
 Stage 1 draws every ticket once (as the grid does); stage 2 runs, for each ticket and each
 sparsity level, one Optuna study named `<prefix>-level<k>` (prefix = the sweep name; with
-several ticket seeds `<name>-ticket<seed>`) over `SweepConfig.optuna_space` (categorical:
-activation, skip, label_smoothing, kd "off" or "ALPHA,T", rescale_init (a bool: True means
-GradInit with `RescaleInitConfig` defaults), rewind_epoch). Trials run on Ray Tune through
+several ticket seeds `<name>-ticket<seed>`) over `SweepConfig.optuna_space` (categorical: one
+dimension per registered tweak, its choices in flat form, e.g. kd "off", "on" or "0.5,4";
+see docs/tweaks.md). Trials run on Ray Tune through
 `OptunaSearch` and maximise the spend trainable's `best_val_acc` (model selection on
 validation); the test accuracy at the best-validation epoch is reported next to it.
 
@@ -57,11 +57,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lth_core.config import SpendConfig, TicketConfig, TweakConfig, to_dict  # noqa: E402
+from lth_core.tweaks import REGISTRY  # noqa: E402
 from sweeps import runner  # noqa: E402
 from sweeps.config import SweepConfig, add_arguments, sweep_from_args, trial_base  # noqa: E402
+from tracking import layout  # noqa: E402
+from tracking.probe import redact  # noqa: E402
 
 METRIC, MODE = "best_val_acc", "max"
-SPACE_FIELDS = ("activation", "skip", "label_smoothing", "kd", "rescale_init", "rewind_epoch")
 RUNS_ATTR = "tune_runs"
 
 
@@ -82,11 +84,6 @@ class LevelStudy:
         return f"{self.prefix}-optuna-level{self.level}"
 
 
-def experiment_name(sweep: SweepConfig) -> str:
-    """MLflow experiment of the search, apart from the grid's: the report of either stays about one kind."""
-    return f"{sweep.name}-optuna"
-
-
 def study_prefixes(sweep: SweepConfig) -> list[tuple[TicketConfig, str]]:
     """(ticket, study prefix): the sweep name, or `<name>-ticket<seed>` when there are several tickets."""
     tickets = sweep.tickets()
@@ -105,7 +102,7 @@ def optuna_space(sweep: SweepConfig) -> dict[str, Any]:
     from optuna.distributions import CategoricalDistribution
 
     space = sweep.optuna_space
-    return {name: CategoricalDistribution(list(getattr(space, name))) for name in SPACE_FIELDS}
+    return {t.name: CategoricalDistribution(list(getattr(space, t.name))) for t in REGISTRY}
 
 
 def check_space(sweep: SweepConfig) -> None:
@@ -114,7 +111,7 @@ def check_space(sweep: SweepConfig) -> None:
     from lth_core.config import ConfigError
 
     for study in level_studies(sweep):
-        for name in SPACE_FIELDS:
+        for name in (t.name for t in REGISTRY):
             for value in getattr(sweep.optuna_space, name):
                 try:
                     spend_for(sweep, study, {name: value})
@@ -152,7 +149,7 @@ def open_storage(url: str) -> Any:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except (SQLAlchemyError, ImportError, ValueError) as e:  # a bad URL, a missing driver, an unreachable server
-        raise runner.SweepError(f"cannot open the Optuna storage {runner.redact(url)}: {e}") from None
+        raise runner.SweepError(f"cannot open the Optuna storage {redact(url)}: {e}") from None
 
 
 def open_study(sweep: SweepConfig, study: LevelStudy, storage: Any, space: dict[str, Any]) -> Any:
@@ -161,7 +158,7 @@ def open_study(sweep: SweepConfig, study: LevelStudy, storage: Any, space: dict[
 
     ot_study = optuna.create_study(study_name=study.study_name, storage=storage, direction="maximize",
                                    load_if_exists=True)
-    where = f"study {study.study_name!r} in {runner.redact(sweep.optuna_storage)}"
+    where = f"study {study.study_name!r} in {redact(sweep.optuna_storage)}"
     if ot_study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise runner.SweepError(f"{where} minimises; it was not made by this search. Use another --name.")
     key = vanilla_key(sweep, study)
@@ -308,18 +305,18 @@ def _read_json(sweep: SweepConfig, path: str) -> Any | None:
 
 
 def _draw_level(sweep: SweepConfig, study: LevelStudy) -> dict[str, Any] | None:
-    from lth_core.lottery import ticket_dir
+    from lth_core.paths import ticket_summary
 
-    summary = _read_json(sweep, f"{ticket_dir(study.ticket)}/summary.json")
+    summary = _read_json(sweep, ticket_summary(study.ticket.key))
     if summary is None:
         return None
     return next((lv for lv in summary.get("levels", []) if lv["level"] == study.level), None)
 
 
 def _spend_result(sweep: SweepConfig, spend: SpendConfig) -> dict[str, Any] | None:
-    from lth_core.lottery import spend_dir
+    from lth_core.paths import spend_result
 
-    return _read_json(sweep, f"{spend_dir(spend)}/result.json")
+    return _read_json(sweep, spend_result(spend.key))
 
 
 def best_of(sweep: SweepConfig, study: LevelStudy, storage: Any) -> dict[str, Any]:
@@ -369,33 +366,26 @@ def best_table(entries: list[dict[str, Any]], with_ticket: bool) -> str:
 
 
 def log_best(sweep: SweepConfig, parent_run_id: str, entries: list[dict[str, Any]], with_ticket: bool) -> None:
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
+    """The best combination per level on the parent run (`tracking.runs.log_optuna_best`)."""
+    from tracking.runs import log_optuna_best
 
-    client = MlflowClient(sweep.tracking_uri)
-    now = int(time.time() * 1000)
-    metrics = []
-    for e in entries:
-        suffix = f"_ticket{e['ticket_seed']}" if with_ticket else ""
-        for key, value in (("best_val_acc", e["values"]["best_val_acc"]), ("best_test_acc", e["values"]["test_acc"])):
-            if value is not None:
-                metrics.append(Metric(key + suffix, float(value), now, e["level"]))
-    if metrics:
-        client.log_batch(parent_run_id, metrics=metrics)
-    client.log_dict(parent_run_id, {"sweep": sweep.name, "metric": METRIC, "mode": MODE,
-                                    "study_prefixes": sorted({p for _, p in study_prefixes(sweep)}),
-                                    "levels": entries}, "optuna_best.json")
+    log_optuna_best(sweep.tracking_uri, parent_run_id,
+                    [(e["level"], e["ticket_seed"] if with_ticket else None, e["values"]["best_val_acc"],
+                      e["values"]["test_acc"]) for e in entries],
+                    {"sweep": sweep.name, "metric": METRIC, "mode": MODE,
+                     "study_prefixes": sorted({p for _, p in study_prefixes(sweep)}), "levels": entries})
 
 
 def plan(sweep: SweepConfig) -> str:
     studies = level_studies(sweep)
     space = sweep.optuna_space
-    lines = [runner.plan_text(sweep, len(studies) * sweep.optuna_trials, "optuna"),
+    lines = [runner.plan_text(sweep, len(studies) * sweep.optuna_trials, layout.KIND_OPTUNA),
              (f"  optuna:  TPE, {sweep.optuna_trials} completed trial(s) per level, maximising {METRIC} "
               f"(re-training seed {sweep.seeds[0]})"),
              f"  studies: {', '.join(s.study_name for s in studies)}",
-             f"  storage: {runner.redact(sweep.optuna_storage)}",
-             "  space:   " + "; ".join(f"{n} " + "|".join(str(v) for v in getattr(space, n)) for n in SPACE_FIELDS)]
+             f"  storage: {redact(sweep.optuna_storage)}",
+             "  space:   " + "; ".join(f"{t.name} " + "|".join(str(v) for v in getattr(space, t.name))
+                                   for t in REGISTRY)]
     if sweep.asha:
         lines.append("  note:    --asha is for the grid; every Optuna trial runs to its last epoch")
     if len(sweep.seeds) > 1:
@@ -414,11 +404,11 @@ def run(args: argparse.Namespace) -> int:
     space = optuna_space(sweep)
     studies = level_studies(sweep)
     prefixes = study_prefixes(sweep)
-    extra_tags = {"optuna_storage": runner.redact(sweep.optuna_storage), "optuna_study_prefix": prefixes[0][1]}
+    extra_tags = {layout.OPTUNA_STORAGE: redact(sweep.optuna_storage), layout.OPTUNA_STUDY_PREFIX: prefixes[0][1]}
     if len(prefixes) > 1:
-        extra_tags["optuna_study_prefixes"] = ",".join(p for _, p in prefixes)
+        extra_tags[layout.OPTUNA_STUDY_PREFIXES] = ",".join(p for _, p in prefixes)
     new_trials = 0
-    with runner.sweep_session(sweep, args.preset, "optuna", extra_tags, experiment_name(sweep)) as parent:
+    with runner.sweep_session(sweep, args.preset, layout.KIND_OPTUNA, extra_tags) as parent:
         runner.draw_stage(sweep, parent)
         for study in studies:
             new_trials += search_level(sweep, study, storage, space, parent)
@@ -426,8 +416,8 @@ def run(args: argparse.Namespace) -> int:
         log_best(sweep, parent, entries, with_ticket=len(prefixes) > 1)
     print(best_table(entries, with_ticket=len(prefixes) > 1))
     print(f"\noptuna search {sweep.name!r} finished in {runner.elapsed(started)}: {new_trials} new trial(s) in "
-          f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} ({runner.redact(sweep.optuna_storage)}).\n"
-          f"MLflow UI: {runner.mlflow_ui_hint(sweep)}")
+          f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} ({redact(sweep.optuna_storage)}).\n"
+          f"MLflow UI: {runner.mlflow_ui_hint(sweep, layout.KIND_OPTUNA)}")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""What both sweep entry points share: Ray start-up, MLflow parent run, the draw stage,
-resource checks, restorable Tuners and the closing summary."""
+"""What both sweep entry points share: Ray start-up, the MLflow parent run's session (its
+layout is the `tracking` package's), the draw stage, resource checks, restorable Tuners and the
+closing summary."""
 
 from __future__ import annotations
 
@@ -9,81 +10,19 @@ import hashlib
 import os
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from lth_core.config import ConfigError, canonical_json, to_dict
+from lth_core.paths import ticket_summary
 from sweeps.config import SweepConfig, trial_base
+from tracking import layout
+from tracking.probe import TrackingError, check_reachable, redact
+from tracking.runs import finish_parent_run, start_parent_run, ui_hint
 
 
 class SweepError(RuntimeError):
     """A sweep cannot start or did not finish; the message says what to do."""
-
-
-def check_tracking(uri: str, timeout: float = 5.0) -> None:
-    """Fail before any trial starts when an MLflow server cannot be reached."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
-            if response.status != 200:
-                raise SweepError(f"MLflow server {uri} answered {response.status} on /health")
-    except (urllib.error.URLError, OSError) as e:
-        raise SweepError(f"cannot reach the MLflow tracking server at {uri} ({e}); start it "
-                         "(`mlflow server --host 127.0.0.1 --port 5000`) or pass --tracking-uri "
-                         "sqlite:///mlflow.db for a local store") from None
-
-
-def start_parent_run(sweep: SweepConfig, preset: str, kind: str, extra_tags: dict[str, str] | None = None,
-                     experiment_name: str | None = None) -> str:
-    """The sweep's parent run in the experiment `experiment_name` (default: the sweep's name);
-    a rerun of the same sweep (a restore) reuses it."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(sweep.tracking_uri)
-    name = experiment_name or sweep.name
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment(name, artifact_location=_artifact_location(sweep, name)))
-    found = client.search_runs([experiment_id], filter_string=f"tags.stage = 'sweep' and tags.kind = '{kind}'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
-    tags = {"stage": "sweep", "sweep_name": sweep.name, "preset": preset, "kind": kind, **(extra_tags or {})}
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        for k, v in tags.items():
-            client.set_tag(run_id, k, v)
-        return run_id
-    run = client.create_run(experiment_id, tags=tags, run_name="sweep")
-    config = to_dict(sweep)
-    config["optuna_storage"] = redact(config["optuna_storage"])
-    client.log_dict(run.info.run_id, config, "sweep_config.json")
-    return run.info.run_id
-
-
-def _artifact_location(sweep: SweepConfig, experiment: str) -> str | None:
-    """Beside a sqlite tracking database (not in whatever folder the sweep was started from)."""
-    prefix = "sqlite:///"
-    if not sweep.tracking_uri.startswith(prefix):
-        return None  # a server decides
-    folder = Path(sweep.tracking_uri[len(prefix):]).parent / "mlartifacts" / experiment
-    return folder.resolve().as_uri()
-
-
-def finish_parent_run(sweep: SweepConfig, run_id: str, status: str) -> None:
-    """Close the parent run; child runs a scheduler stopped early are marked KILLED."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(sweep.tracking_uri)
-    experiment_id = client.get_run(run_id).info.experiment_id
-    for child in client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}' "
-                                    "and attributes.status = 'RUNNING'"):
-        client.set_terminated(child.info.run_id, status="KILLED")
-    client.set_terminated(run_id, status=status)
 
 
 def init_ray(sweep: SweepConfig) -> None:
@@ -131,16 +70,6 @@ def check_resources(sweep: SweepConfig) -> None:
 def _on_shared_filesystem() -> bool:
     """The user vouches that local paths are mounted on every node (NFS, a shared volume)."""
     return os.environ.get("LTH_SHARED_FS") == "1"
-
-
-def redact(url: str) -> str:
-    """A URL fit to print or log: the password, if any, replaced by ***. Pass database passwords
-    through the environment (e.g. PGPASSWORD) so that logged URLs still work."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def resources(sweep: SweepConfig) -> dict[str, float]:
@@ -210,7 +139,7 @@ def draw_stage(sweep: SweepConfig, parent_run_id: str | None) -> None:
     space = {**trial_base(sweep, parent_run_id), "ticket": tune.grid_search([to_dict(t) for t in tickets])}
     name = experiment_name(f"{sweep.name}-draws", space)
     run_tuner(name, draw_trainable, sweep, space, expected_trials=len(tickets))
-    require_stored(sweep, [f"tickets/{t.key}/summary.json" for t in tickets], name)
+    require_stored(sweep, [ticket_summary(t.key) for t in tickets], name)
 
 
 def plan_text(sweep: SweepConfig, trials: int, kind: str) -> str:
@@ -224,23 +153,22 @@ def plan_text(sweep: SweepConfig, trials: int, kind: str) -> str:
              f"  per trial: {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU"
              + (f", at most {sweep.max_concurrent} at once" if sweep.max_concurrent else ""),
              f"  store:   {sweep.store}",
-             f"  mlflow:  {sweep.tracking_uri} (experiment {sweep.name!r})",
+             f"  mlflow:  {redact(sweep.tracking_uri)} (experiment {layout.experiment_name(sweep.name, kind)!r})",
              f"  ray:     {sweep.ray_address}, results in {sweep.results_dir}"]
     return "\n".join(lines)
 
 
-def mlflow_ui_hint(sweep: SweepConfig) -> str:
-    if sweep.tracking_uri.startswith(("http://", "https://")):
-        return f"open {sweep.tracking_uri} and pick the experiment {sweep.name!r}"
-    return f"mlflow ui --backend-store-uri {sweep.tracking_uri}  # then open http://127.0.0.1:5000"
+def mlflow_ui_hint(sweep: SweepConfig, kind: str = layout.KIND_GRID) -> str:
+    return ui_hint(sweep.tracking_uri, layout.experiment_name(sweep.name, kind))
 
 
 @contextlib.contextmanager
-def sweep_session(sweep: SweepConfig, preset: str, kind: str, extra_tags: dict[str, str] | None = None,
-                  experiment_name: str | None = None) -> Iterator[str]:
-    """Check the tracking server, start (or join) Ray, check resources, open the parent run and
-    yield its id; the parent run ends FINISHED only when the body completes."""
-    check_tracking(sweep.tracking_uri)
+def sweep_session(sweep: SweepConfig, preset: str, kind: str,
+                  extra_tags: dict[str, str] | None = None) -> Iterator[str]:
+    """Check the tracking server, start (or join) Ray, check resources, open the parent run (in
+    the experiment of the sweep's kind, `tracking.layout.experiment_name`) and yield its id; the
+    parent run ends FINISHED only when the body completes."""
+    check_reachable(sweep.tracking_uri)
     if sweep.ray_address == "local":  # on a cluster the data lives on the workers, not necessarily here
         from lth_core.data import DatasetNotFoundError, check_files
 
@@ -250,13 +178,13 @@ def sweep_session(sweep: SweepConfig, preset: str, kind: str, extra_tags: dict[s
             raise SweepError(str(e)) from None
     init_ray(sweep)
     check_resources(sweep)
-    parent = start_parent_run(sweep, preset, kind, extra_tags, experiment_name)
+    parent = start_parent_run(sweep.tracking_uri, sweep.name, preset, kind, extra_tags, config=to_dict(sweep))
     status = "FAILED"
     try:
         yield parent
         status = "FINISHED"
     finally:
-        finish_parent_run(sweep, parent, status)
+        finish_parent_run(sweep.tracking_uri, parent, status)
 
 
 def cli_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
@@ -268,7 +196,7 @@ def cli_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ConfigError, SweepError) as e:
+    except (ConfigError, SweepError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -185,11 +185,16 @@ def test_stage_grouping_and_activation_types_are_overridable():
         def forward(self, x):
             return x * torch.sigmoid(x)
 
-    assert is_activation(MySwish()) and is_activation(nn.SiLU()) and not is_activation(nn.Tanh())
+    from lth_core.tweaks.activations import PSwish
+
+    # By default: every activation the activation tweak can swap in, and nothing else.
+    assert is_activation(PSwish()) and is_activation(nn.SiLU()) and not is_activation(nn.Tanh())
+    assert not is_activation(MySwish()) and is_activation(MySwish(), activation_types=[MySwish])
     assert not is_activation(nn.SiLU(), activation_types=[nn.ReLU])
     model, batches = conv_net(), image_batches((4,))
     assert list(activation_sparsity(model, batches, stage_fn=lambda name: "all").stages) == ["all"]
-    assert activation_sparsity(model, batches, activation_types=[nn.Tanh]).layers == {}
+    with pytest.raises(ValueError, match="no activation module"):  # never a silent empty count
+        activation_sparsity(model, batches, activation_types=[nn.Tanh])
 
 
 def test_relu_has_far_more_near_zero_activations_than_silu():

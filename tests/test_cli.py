@@ -52,7 +52,8 @@ def test_config_file_and_flags_compose(drawn, capsys, tmp_path):
     (["draw", "--lr", "-1"], "recipe.lr: must be > 0"),
     (["draw", "--epochs", "4", "--milestones", "2,9"], "past the last epoch"),
     (["spend", "--level", "1", "--rewind-epoch", "3"], "tweaks.rewind_epoch"),
-    (["spend", "--kd", "0.9"], "--kd: cannot read"),
+    (["spend", "--kd", "0.9,5,1"], "--kd: cannot read"),
+    (["spend", "--kd", "nine"], "--kd: cannot read"),
     (["spend", "--label-smoothing", "1.5"], "tweaks.label_smoothing"),
 ])
 def test_bad_input_fails_before_any_work(capsys, tmp_path, argv, words):
@@ -64,6 +65,11 @@ def test_bad_input_fails_before_any_work(capsys, tmp_path, argv, words):
 def test_show_of_a_missing_draw_says_what_to_do(tmp_path):
     with pytest.raises(SystemExit, match="run `python -m lth_core draw` first"):
         main(["show", "--store", str(tmp_path), "--key", "0000"])
+
+
+def test_show_refuses_a_key_that_is_not_one(tmp_path):
+    with pytest.raises(SystemExit, match="not a content key: '../x'"):
+        main(["show", "--store", str(tmp_path), "--key", "../x"])
 
 
 def test_analyze_writes_the_table_and_plots(drawn, capsys, tmp_path):

@@ -4,9 +4,10 @@ import dataclasses
 
 import pytest
 
-from lth_core.config import (ConfigError, DataConfig, KDConfig, ModelConfig, PruneConfig, RecipeConfig,
-                             SpendConfig, TicketConfig, TweakConfig, content_key, dump_config, from_dict,
-                             load_config, replace, to_dict)
+from lth_core.config import (ConfigError, DataConfig, ModelConfig, PruneConfig, RecipeConfig, SpendConfig,
+                             TicketConfig, TweakConfig, content_key, dump_config, from_dict, load_config, replace,
+                             to_dict)
+from lth_core.tweaks.distillation import KDConfig
 
 
 def test_default_keys_are_stable_literals():

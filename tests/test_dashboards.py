@@ -16,6 +16,9 @@ import pytest
 from mlflow.entities import Metric, Param
 
 from dashboards import analysis, collect, report
+from lth_core import tweaks
+from tracking import layout as L
+from tracking.probe import redact
 
 EXPERIMENT = "sweep-test"
 SETTING = {"dataset": "digits", "arch": "resnet20", "width": "0.25", "prune_method": "imp"}
@@ -40,8 +43,8 @@ EPOCHS = 2
 
 
 class Store:
-    """Writes runs the way the sweeps do (docs/tracking.md), with explicit timestamps so the
-    final metrics are logged strictly after the per-epoch ones."""
+    """Writes runs the way the sweeps do (docs/tracking.md): per-epoch metrics at step = epoch,
+    the final ones under their own `final_*` names (at `final_step`)."""
 
     def __init__(self, uri: str, artifacts: Path):
         self.uri = uri
@@ -61,7 +64,7 @@ class Store:
 
     def draw(self, exp: str, parent: str, seed: int, dense: float, vanilla: dict[int, float]) -> str:
         run = self.client.create_run(exp, run_name=f"draw-s{seed}", tags={
-            "mlflow.parentRunId": parent, "stage": "draw", "ticket_key": f"tk{seed}", "tweak": "vanilla"})
+            L.PARENT_RUN_ID: parent, "stage": "draw", "ticket_key": f"tk{seed}", "tweak": "vanilla"})
         params = {**SETTING, "seed": str(seed), "levels": str(len(vanilla))}
         metrics = [("dense_test_acc", dense, 0), ("dense_best_val_acc", dense, 0), ("wall_seconds", 5.0, 0)]
         for level, acc in vanilla.items():
@@ -76,25 +79,26 @@ class Store:
               per_epoch: dict[str, list[float]] | None = None, final_extra: dict[str, float] | None = None,
               final_step: int = 0) -> str:
         """`per_epoch` adds metrics logged with the epochs (one value per epoch, as --hessian-every
-        does), `final_extra` metrics logged with the final ones at `final_step` (as --analyze does)."""
+        does), `final_extra` metrics logged with the final ones at `final_step` under their final
+        names (as --analyze does: `act_sparsity` -> `final_act_sparsity`)."""
         run = self.client.create_run(exp, run_name=f"{tweak}-L{level}-s{seed}", tags={
-            "mlflow.parentRunId": parent, "stage": "spend", "ticket_key": f"tk{seed}",
+            L.PARENT_RUN_ID: parent, "stage": "spend", "ticket_key": f"tk{seed}",
             "spend_key": f"{tweak}-{level}-{seed}", "tweak": tweak})
         params = {**SETTING, "seed": str(seed), "level": str(level), "sparsity": f"{SPARSITY[level]:.6f}",
-                  "skip": "none", "kd_alpha": "0", "kd_temperature": "0", "rescale_init": "false",
-                  **TWEAK_PARAMS[tweak]}
+                  **tweaks.mlflow_params(tweaks.from_params(TWEAK_PARAMS[tweak]))}
         # Per-epoch test_acc well below the final one: the report must take the final value.
         epochs = [(name, 0.1 + 0.1 * e, e) for e in range(EPOCHS) for name in ("train_loss", "val_acc", "test_acc")]
         epochs += [(name, values[e], e) for name, values in (per_epoch or {}).items() for e in range(len(values))]
         self._log(run.info.run_id, params, epochs, self.t0)
         if not running:
             step = final_step
-            final = [("best_val_acc", acc, step), ("wall_seconds", 10.0 * level, step),
-                     ("device_seconds", 10.0 * level, step), ("dense_test_acc", dense, step)]
+            final = [(L.FINAL_BEST_VAL_ACC, acc, step), (L.FINAL_WALL_SECONDS, 10.0 * level, step),
+                     (L.FINAL_DEVICE_SECONDS, 10.0 * level, step), (L.FINAL_DENSE_TEST_ACC, dense, step)]
             if vanilla is not None:
-                final.append(("vanilla_test_acc", vanilla, step))
-            final += [(name, value, step) for name, value in (final_extra or {}).items()]
-            self._log(run.info.run_id, {}, final + [("test_acc", acc, step)], self.t0 + 60_000)
+                final.append((L.FINAL_VANILLA_TEST_ACC, vanilla, step))
+            final += [(L.final(name), value, step) for name, value in (final_extra or {}).items()]
+            # Timestamped before the epochs on purpose: the final values are told apart by name only.
+            self._log(run.info.run_id, {}, final + [(L.FINAL_TEST_ACC, acc, step)], self.t0 - 60_000)
             self.client.set_terminated(run.info.run_id)
         return run.info.run_id
 
@@ -210,12 +214,12 @@ def test_trials_table(built):
     trials = pd.read_parquet(built / "trials.parquet")
     assert len(trials) == 2 + 5 * 3 * 2 + 1  # draws, spends, the running one (no parent)
     for column in ["run_id", "status", "stage", "tweak", "ticket_key", "spend_key", "dataset", "seed",
-                   "level", "sparsity", "activation", "label_smoothing", "rewind_epoch", "rescale_init",
+                   "level", "sparsity", *(t.name for t in tweaks.REGISTRY),  # a column per registered tweak
                    "test_acc", "best_val_acc", "device_seconds", "dense_test_acc", "vanilla_test_acc"]:
         assert column in trials.columns, column
-    for column in ["seed", "level", "sparsity", "label_smoothing", "rewind_epoch", "width", "kd_alpha"]:
+    for column in ["seed", "level", "sparsity", "label_smoothing", "rewind_epoch", "width"]:
         assert pd.api.types.is_numeric_dtype(trials[column]), column
-    assert pd.api.types.is_bool_dtype(trials["rescale_init"])
+    assert set(trials["kd"].dropna()) == {"off"}
     spends = trials[(trials["stage"] == "spend") & (trials["status"] == "FINISHED")]
     row = spends[spends["spend_key"] == "swish-3-1"].iloc[0]
     assert row["test_acc"] == pytest.approx(0.885)  # the final value, not the last epoch's 0.2
@@ -343,7 +347,7 @@ def test_unreachable_tracking_uri_fails_fast(tmp_path):
 
 
 def test_secrets_and_missing_optuna_store(tmp_path):
-    assert collect.redact("http://me:secret@host:5000") == "http://me:***@host:5000"
+    assert redact("http://me:secret@host:5000") == "http://me:***@host:5000"
     absent = tmp_path / "optuna.db"
     levels, note = collect.optuna_from_tags({"optuna_storage": f"sqlite:///{absent}", "optuna_study_prefix": "p"})
     assert levels is None and "does not exist" in note and not absent.exists()

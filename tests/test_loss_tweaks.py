@@ -9,9 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lth_core.config import KDConfig, TweakConfig
-from lth_core.tweaks.distillation import (Teacher, clear_teachers, distillation_loss, load_teacher,
-                                          make_loss)
+from types import SimpleNamespace
+
+from lth_core.config import TweakConfig
+from lth_core.hooks import cross_entropy_loss
+from lth_core.tweaks import compose_loss
+from lth_core.tweaks.distillation import KDConfig, Teacher, clear_teachers, distillation_loss, load_teacher
 from lth_core.tweaks.label_smoothing import smoothed_cross_entropy
 
 STUDENT = [[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]]
@@ -151,13 +154,21 @@ def test_load_teacher_builds_once_per_key_and_device() -> None:
     clear_teachers()
 
 
-def test_make_loss_dispatch(logits) -> None:
+def make_loss(tweaks: TweakConfig, teacher: Teacher | None = None):
+    """The training loss a spend composes from its tweaks' loss hooks."""
+    def no_teacher():
+        raise AssertionError("a teacher was asked for without kd")
+    ctx = SimpleNamespace(teacher=(lambda: teacher) if teacher is not None else no_teacher)
+    return compose_loss(tweaks, ctx, cross_entropy_loss)
+
+
+def test_loss_hooks_compose(logits) -> None:
     s, te, y = logits
     images = torch.randn(2, 4)
-    plain = make_loss(TweakConfig(), None)
+    plain = make_loss(TweakConfig())
     assert plain(s, images, y).item() == pytest.approx(F.cross_entropy(s, y).item(), abs=1e-6)
 
-    smooth = make_loss(TweakConfig(label_smoothing=0.1), None)
+    smooth = make_loss(TweakConfig(label_smoothing=0.1))
     ref = nn.CrossEntropyLoss(label_smoothing=0.1)(s, y).item()
     assert smooth(s, images, y).item() == pytest.approx(ref, abs=1e-6)
 
@@ -176,8 +187,5 @@ def test_make_loss_dispatch(logits) -> None:
                       Teacher(FixedTeacher()))
     expected = 0.5 * _hand_kd(1.0, 2.0) + 0.5 * ref
     assert kd_ls(s, images, y).item() == pytest.approx(expected, rel=1e-5)
-
-
-def test_kd_without_teacher_raises() -> None:
-    with pytest.raises(ValueError, match="teacher"):
-        make_loss(TweakConfig(kd=KDConfig()), None)
+    assert kd_ls(s, images, y).item() == pytest.approx(
+        distillation_loss(s, te, y, 0.5, 2.0, label_smoothing=0.1).item(), rel=1e-6)

@@ -11,25 +11,29 @@ import pytest
 import torch
 
 from conftest import tiny_ticket
-from lth_core.config import KDConfig, RescaleInitConfig, SpendConfig, TweakConfig
-from lth_core.lottery import draw, load_level, prepare_spend_model, spend, ticket_dir
+from lth_core import paths
+from lth_core.analysis.hessian import HessianObserver
+from lth_core.config import SpendConfig, TweakConfig
+from lth_core.tweaks.distillation import KDConfig
+from lth_core.tweaks.rescale_init import RescaleInitConfig
+from lth_core.lottery import draw, load_level, prepare_spend, spend
 from lth_core.store import ArtifactStore
 from lth_core.training import Runtime
 
 
 def test_draw_stores_every_level_with_the_exact_schedule(drawn):
     store, ticket, summary = drawn
-    folder = ticket_dir(ticket)
+    key = ticket.key
     assert [lv["level"] for lv in summary["levels"]] == [1, 2]
     for lv, target in zip(summary["levels"], (0.2, 0.36)):
         mask = load_level(ticket, lv["level"], store)
         assert mask.kept == round(mask.total * (1 - target))
-        metrics = store.read_json(f"{folder}/level_{lv['level']}/metrics.json")
-        assert metrics["start"] == f"{folder}/dense/rewind_0.safetensors"
+        metrics = store.read_json(paths.level_metrics(key, lv["level"]))
+        assert metrics["start"] == paths.rewind_weights(key, 0)
         assert 0 < metrics["summary"]["test_acc"] <= 1
-    for name in ("dense/rewind_0.safetensors", "dense/rewind_1.safetensors", "dense/final.safetensors"):
-        assert store.exists(f"{folder}/{name}")
-    assert not store.exists(f"{folder}/dense/checkpoint.pt")
+    for path in (paths.rewind_weights(key, 0), paths.rewind_weights(key, 1), paths.dense_final(key)):
+        assert store.exists(path)
+    assert not store.exists(paths.dense_checkpoint(key))
 
 
 def test_asking_again_reads_the_draw_back_quickly(drawn):
@@ -43,10 +47,9 @@ def test_asking_again_reads_the_draw_back_quickly(drawn):
 def test_rewinding_restores_exactly_the_stored_weights_under_the_mask(drawn):
     store, ticket, _ = drawn
     spend_cfg = SpendConfig(ticket=ticket, level=2, tweaks=TweakConfig(rewind_epoch=1))
-    from lth_core.data import load_dataset
-
-    model, mask = prepare_spend_model(spend_cfg, store, Runtime.resolve(ticket.recipe), load_dataset(ticket.data))
-    stored = store.read_tensors(f"{ticket_dir(ticket)}/dense/rewind_1.safetensors")
+    run = prepare_spend(spend_cfg, store)
+    model, mask = run.model, run.mask
+    stored = store.read_tensors(paths.rewind_weights(ticket.key, 1))
     for name, p in model.state_dict().items():
         expected = stored[name] * mask[name] if name in mask else stored[name]
         assert torch.equal(p, expected), name
@@ -55,18 +58,18 @@ def test_rewinding_restores_exactly_the_stored_weights_under_the_mask(drawn):
 def test_a_corrupt_artifact_is_detected_and_recomputed(drawn, tmp_path):
     store, ticket, summary = drawn
     copy = ArtifactStore(str(tmp_path / "copy"))
-    for path in store.list(ticket_dir(ticket)):
+    for path in store.list(paths.ticket_dir(ticket.key)):
         copy.write_bytes(path, store.read_bytes(path))
-    folder = ticket_dir(ticket)
+    mask_path = paths.level_mask(ticket.key, 2)
     original_mask = load_level(ticket, 2, copy)
-    for path in (f"{folder}/level_2/mask.safetensors", f"{folder}/summary.json"):
+    for path in (mask_path, paths.ticket_summary(ticket.key)):
         raw = bytearray((tmp_path / "copy" / path).read_bytes())
         raw[len(raw) // 2] ^= 0xFF
         (tmp_path / "copy" / path).write_bytes(bytes(raw))
-    assert not copy.verify(f"{folder}/level_2/mask.safetensors")
+    assert not copy.verify(mask_path)
     again = draw(ticket, copy)
     assert without_timings(again) == without_timings(summary)  # CPU training is deterministic
-    assert copy.verify(f"{folder}/level_2/mask.safetensors")
+    assert copy.verify(mask_path)
     assert load_level(ticket, 2, copy) == original_mask
 
 
@@ -79,9 +82,9 @@ def without_timings(summary):
 def test_a_ticket_file_corrupted_after_the_draw_is_redrawn_by_the_next_spend(drawn, tmp_path):
     store, ticket, summary = drawn
     copy = ArtifactStore(str(tmp_path / "copy"))
-    for path in store.list(ticket_dir(ticket)):
+    for path in store.list(paths.ticket_dir(ticket.key)):
         copy.write_bytes(path, store.read_bytes(path))
-    rewind = tmp_path / "copy" / ticket_dir(ticket) / "dense" / "rewind_0.safetensors"
+    rewind = tmp_path / "copy" / paths.rewind_weights(ticket.key, 0)
     original = rewind.read_bytes()
     rewind.write_bytes(original[:-10] + b"0123456789")
     result = spend(SpendConfig(ticket=ticket, level=1, seed=7), copy)
@@ -92,9 +95,9 @@ def test_a_ticket_file_corrupted_after_the_draw_is_redrawn_by_the_next_spend(dra
 def test_asking_for_hessian_tracking_retrains_a_cached_spend_without_it(drawn):
     store, ticket, _ = drawn
     cfg = SpendConfig(ticket=ticket, level=2, seed=11)
-    assert spend(cfg, store)["hessian_history"] == []
-    tracked = spend(cfg, store, hessian_every=2, hessian_batches=1)
-    assert [epoch for epoch, _ in tracked["hessian_history"]] == [2]
+    assert "hessian" not in spend(cfg, store)
+    tracked = spend(cfg, store, observers=[HessianObserver(every=2, batches=1)])
+    assert [epoch for epoch, _ in tracked["hessian"]["history"]] == [2]
     assert spend(cfg, store) == tracked  # and the tracked result serves plain requests
 
 
@@ -116,17 +119,18 @@ def test_all_tweaks_together_keep_pruned_weights_zero(drawn):
     for name in mask:
         assert (captured["model"][name][~mask[name]] == 0).all(), name
     assert result["tweak"] == "swish+skip-conv1x1+ls0.1+kd0.9,5+gradinit+rewind1"
-    assert result["rescale_scales"] and all(v >= 0 for v in result["rescale_scales"].values())
+    scales = result["init_records"]["rescale_init"]["scales"]
+    assert scales and all(v >= 0 for v in scales.values())
     assert any(".skip." in k for k in captured["model"])
     assert spend(cfg, store) == result  # cached
-    assert not store.exists(f"spends/{cfg.key}/checkpoint.pt")
+    assert not store.exists(paths.spend_checkpoint(cfg.key))
 
 
 def test_spend_of_an_undrawn_ticket_draws_it_first(tmp_path):
     store = ArtifactStore(str(tmp_path))
     ticket = tiny_ticket(pruning=tiny_ticket().pruning.__class__(levels=1))
     result = spend(SpendConfig(ticket=ticket, level=1), store)
-    assert store.exists(f"{ticket_dir(ticket)}/summary.json")
+    assert store.exists(paths.ticket_summary(ticket.key))
     assert result["sparsity"] == pytest.approx(0.2, abs=1e-4)
 
 
@@ -147,27 +151,27 @@ def test_a_draw_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path
     subprocess.run([sys.executable, "-c", KILLED_DRAW, str(whole)], env=env, check=True, capture_output=True)
     proc = subprocess.Popen([sys.executable, "-c", KILLED_DRAW, str(killed)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    key = next((whole / "tickets").iterdir()).name
-    checkpoint = killed / "tickets" / key / "dense" / "checkpoint.pt.sha256"
+    key = next((whole / paths.TICKETS).iterdir()).name
+    checkpoint = killed / (paths.dense_checkpoint(key) + ".sha256")
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "tickets" / key / "summary.json").exists(), "the draw finished before it was killed"
+    assert not (killed / paths.ticket_summary(key)).exists(), "the draw finished before it was killed"
     subprocess.run([sys.executable, "-c", KILLED_DRAW, str(killed)], env=env, check=True, capture_output=True)
     a, b = ArtifactStore(str(whole)), ArtifactStore(str(killed))
-    for name in ("dense/final.safetensors", "level_1/final.safetensors"):
-        wa, wb = a.read_tensors(f"tickets/{key}/{name}"), b.read_tensors(f"tickets/{key}/{name}")
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
-    sa = json.loads((whole / "tickets" / key / "summary.json").read_text())
-    sb = json.loads((killed / "tickets" / key / "summary.json").read_text())
+    for path in (paths.dense_final(key), paths.level_final(key, 1)):
+        wa, wb = a.read_tensors(path), b.read_tensors(path)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), path
+    sa = json.loads((whole / paths.ticket_summary(key)).read_text())
+    sb = json.loads((killed / paths.ticket_summary(key)).read_text())
     assert [lv["test_acc"] for lv in sa["levels"]] == [lv["test_acc"] for lv in sb["levels"]]
 
 
 def test_hessian_tracking_during_a_spend(drawn):
     store, ticket, _ = drawn
     cfg = SpendConfig(ticket=ticket, level=1, seed=5)
-    result = spend(cfg, store, hessian_every=1, hessian_batches=1)
-    assert [epoch for epoch, _ in result["hessian_history"]] == [1, 2]
-    assert all(value > 0 for _, value in result["hessian_history"])
+    result = spend(cfg, store, observers=[HessianObserver(every=1, batches=1)])
+    assert [epoch for epoch, _ in result["hessian"]["history"]] == [1, 2]
+    assert all(value > 0 for _, value in result["hessian"]["history"])

@@ -14,7 +14,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from lth_core.tweaks import REGISTRY
 from sweeps import optuna_search
+from tracking import layout as L
 
 LEVEL = 2
 
@@ -70,7 +72,7 @@ def test_one_study_per_level_with_the_asked_trials(searched):
     assert names == [f"tiny-level{LEVEL}"]  # level 1 is drawn but not spent
     study = load_study(root)
     assert len(complete(study)) == 2 and len(study.trials) == 2
-    assert set(study.best_params) == set(optuna_search.SPACE_FIELDS)
+    assert set(study.best_params) == {t.name for t in REGISTRY}  # one dimension per registered tweak
     assert study.user_attrs["sweep_name"] == "tiny" and study.user_attrs["level"] == LEVEL
     assert [r["experiment"] for r in study.user_attrs["tune_runs"]] == [f"tiny-optuna-level{LEVEL}"]
     assert all(r["done"] for r in study.user_attrs["tune_runs"])
@@ -112,7 +114,7 @@ def test_parent_run_tags_metrics_and_artifact(searched):
     assert level["values"]["best_val_acc"] == pytest.approx(study.best_value)
     assert level["values"]["test_acc"] == pytest.approx(test.value)
     children = client.search_runs([run.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{run.info.run_id}' and tags.stage = 'spend'")
+                                  f"tags.{L.PARENT_RUN_ID} = '{run.info.run_id}' and tags.stage = 'spend'")
     assert 1 <= len(children) <= 2  # TPE may draw one combination twice: one spend, one child run
 
 

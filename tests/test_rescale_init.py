@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from lth_core.config import RescaleInitConfig
+from lth_core.tweaks.rescale_init import RescaleInitConfig
 from lth_core.masks import Mask, prunable_names
 from lth_core.tweaks.rescale_init import rescale_init, scaled_parameter_names
 

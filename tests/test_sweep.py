@@ -25,17 +25,19 @@ from conftest import tiny_ticket
 from lth_core.config import SpendConfig, TweakConfig, to_dict
 from lth_core.lottery import spend
 from lth_core.store import ArtifactStore
+from lth_core.tweaks import mlflow_params
 from sweeps import full_grid, runner
 from sweeps.config import add_arguments, sweep_from_args
+from tracking import layout as L
 
 EPOCHS = 2
 TINY = ["--width", "0.125", "--epochs", str(EPOCHS), "--num-levels", "2", "--levels", "1,2",
         "--set", "ticket.recipe.batch_size=128", "--set", 'combos=[{}, {"activation": "swish"}]']
-SPEND_PARAMS = {"dataset", "arch", "width", "seed", "prune_method", "level", "sparsity", "activation", "skip",
-                "label_smoothing", "kd_alpha", "kd_temperature", "rescale_init", "rewind_epoch"}
+SPEND_PARAMS = {"dataset", "arch", "width", "seed", "prune_method", "level", "sparsity",
+                *mlflow_params(TweakConfig())}  # one per registered tweak
 DRAW_PARAMS = {"dataset", "arch", "width", "seed", "prune_method", "levels"}
-FINAL_METRICS = {"best_val_acc", "test_acc", "wall_seconds", "device_seconds", "vanilla_test_acc",
-                 "dense_test_acc"}
+FINAL_METRICS = {"final_best_val_acc", "final_test_acc", "final_wall_seconds", "final_device_seconds",
+                 "final_vanilla_test_acc", "final_dense_test_acc"}
 
 
 def sweep_args(root: Path, name: str, *extra: str) -> list[str]:
@@ -72,7 +74,7 @@ def runs_of(root: Path, name: str) -> tuple[object, list, list]:
     parents = [r for r in runs if r.data.tags.get("stage") == "sweep"]
     assert len(parents) == 1, [r.data.tags for r in runs]
     children = [r for r in runs if r is not parents[0]]
-    assert all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in children)
+    assert all(r.data.tags.get(L.PARENT_RUN_ID) == parents[0].info.run_id for r in children)
     draws = [r for r in children if r.data.tags.get("stage") == "draw"]
     spends = [r for r in children if r.data.tags.get("stage") == "spend"]
     assert len(draws) + len(spends) == len(children)
@@ -144,21 +146,23 @@ def test_spend_runs_carry_the_documented_params_and_metrics(grid):
         assert params == {"dataset": "digits", "arch": "resnet18", "width": "0.125", "seed": "0",
                           "prune_method": "imp", "level": str(level),
                           "sparsity": f"{levels[level]['sparsity']:.6f}",  # measured, not the target
-                          "activation": tweaks.get("activation", "relu"), "skip": "none", "label_smoothing": "0",
-                          "kd_alpha": "0", "kd_temperature": "0", "rescale_init": "false", "rewind_epoch": "0"}
+                          **mlflow_params(TweakConfig(**tweaks))}
         result = grid.store.read_json(f"spends/{key}/result.json")
         for name in ("train_loss", "val_acc"):
             history = client.get_metric_history(run.info.run_id, name)
             assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
                 (r["epoch"], r[name]) for r in result["history"]], name
         per_epoch_test = [m for m in client.get_metric_history(run.info.run_id, "test_acc")]
-        assert sorted({m.step for m in per_epoch_test}) == list(range(1, EPOCHS + 1))
-        assert FINAL_METRICS <= set(metrics)
-        assert metrics["best_val_acc"] == result["best_val_acc"]
-        assert metrics["test_acc"] == result["test_acc"]  # the final value is the latest, not the last epoch's
-        assert metrics["wall_seconds"] > 0 and metrics["device_seconds"] == pytest.approx(metrics["wall_seconds"])
-        assert metrics["vanilla_test_acc"] == levels[level]["test_acc"]
-        assert metrics["dense_test_acc"] == grid.summary["dense"]["test_acc"]
+        assert [(m.step, m.value) for m in sorted(per_epoch_test, key=lambda m: m.step)] == [
+            (r["epoch"], r["test_acc"]) for r in result["history"]]  # per epoch only, no final value among them
+        assert FINAL_METRICS <= set(metrics) and not {"best_val_acc", "wall_seconds"} & set(metrics)
+        assert metrics["final_best_val_acc"] == result["best_val_acc"]
+        assert metrics["final_test_acc"] == result["test_acc"]  # at the best-validation epoch
+        assert metrics["final_wall_seconds"] > 0
+        assert metrics["final_device_seconds"] == pytest.approx(metrics["final_wall_seconds"])
+        assert metrics["final_vanilla_test_acc"] == levels[level]["test_acc"]
+        assert metrics["final_dense_test_acc"] == grid.summary["dense"]["test_acc"]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "final_test_acc")] == [EPOCHS]
 
 
 def test_the_draw_run_carries_ticket_params_and_per_level_metrics(grid):
@@ -201,7 +205,7 @@ def must_not_run(*args, **kwargs):
 
 
 def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, monkeypatch):
-    for name in ("init_ray", "check_tracking", "start_parent_run", "draw_stage", "run_tuner"):
+    for name in ("init_ray", "check_reachable", "start_parent_run", "draw_stage", "run_tuner"):
         monkeypatch.setattr(runner, name, must_not_run)
     run = run_grid(tmp_path, sweep_args(tmp_path, "tiny", "--dry-run"))
     assert run.code == 0, run.err
@@ -301,7 +305,7 @@ def test_a_stopped_sweep_resumes_and_runs_only_the_unfinished_trials(grid, tmp_p
         assert run.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert sorted(steps) == list(range(1, EPOCHS + 1)), (run.data.tags["tweak"], steps)
-        assert run.data.metrics["test_acc"] == grid.store.read_json(
+        assert run.data.metrics["final_test_acc"] == grid.store.read_json(
             f"spends/{run.data.tags['spend_key']}/result.json")["test_acc"]  # same numbers as the grid
 
 
@@ -350,6 +354,7 @@ def test_a_spend_resumed_from_its_checkpoint_ends_like_an_uninterrupted_one(grid
 def test_the_spend_trainable_counts_the_epochs_before_its_checkpoint(grid, tmp_path, monkeypatch):
     """The best epoch may lie before the checkpoint a trial resumed from: the numbers a restored
     trial reports to Tune (and the summary table prints) must still be those of the whole run."""
+    import trainables.common as common_module
     import trainables.spend as spend_module
     from ray import tune
 
@@ -360,12 +365,12 @@ def test_the_spend_trainable_counts_the_epochs_before_its_checkpoint(grid, tmp_p
     payload["history"][0]["val_acc"] = 1.0  # epoch 1 validated best
     folder = tmp_path / "checkpoint"
     folder.mkdir()
-    torch.save(payload, folder / spend_module.STATE_FILE)
+    torch.save(payload, folder / common_module.STATE_FILE)
     reports = []
     fake_tune = SimpleNamespace(Checkpoint=tune.Checkpoint,
                                 get_checkpoint=lambda: tune.Checkpoint.from_directory(str(folder)),
                                 report=lambda metrics, checkpoint=None: reports.append(metrics))
-    monkeypatch.setattr(spend_module, "tune", fake_tune)
+    monkeypatch.setattr(common_module, "tune", fake_tune)  # the trainables' Tune checkpoints and reports
     config = {"store": str(tmp_path / "store"), "tracking_uri": None, "parent_run_id": None,
               "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "spend_recipe": None,
               "ticket": to_dict(grid.ticket), "level": 1, "tweaks": to_dict(TweakConfig()), "seed": 0}
@@ -389,9 +394,10 @@ def test_a_trial_killed_mid_run_resumes_from_its_ray_checkpoint(grid, tmp_path):
         import os
         import signal
 
+        import trainables.common as common_module
         import trainables.spend as spend_module
 
-        real = spend_module.tune
+        real = common_module.tune
 
         class KillAtEpoch2:
             def __getattr__(self, name):
@@ -404,20 +410,20 @@ def test_a_trial_killed_mid_run_resumes_from_its_ray_checkpoint(grid, tmp_path):
                     os.kill(os.getpid(), signal.SIGKILL)
                 real.report(metrics, checkpoint=checkpoint)
 
-        spend_module.tune = KillAtEpoch2()
+        common_module.tune = KillAtEpoch2()  # where the trainables report epochs to Tune
         try:
             spend_module.spend_trainable(config)
         finally:
-            spend_module.tune = real
+            common_module.tune = real
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     sweep = sweep_from_args(parser.parse_args(sweep_args(tmp_path, "killed", "--levels", "1", "--set", "combos=[{}]")))
     with contextlib.chdir(tmp_path):
-        parent = runner.start_parent_run(sweep, "smoke", "grid")
+        parent = runner.start_parent_run(sweep.tracking_uri, sweep.name, "smoke", "grid")
     results = runner.run_tuner("killed-spends", killed_once, sweep, full_grid.spend_space(sweep, parent),
                                tune.TuneConfig(metric="val_acc", mode="max"))
-    runner.finish_parent_run(sweep, parent, "FINISHED")
+    runner.finish_parent_run(sweep.tracking_uri, parent, "FINISHED")
 
     assert Path(marker).is_file() and int(Path(marker).read_text()) != os.getpid()  # a worker was killed
     (result,) = list(results)

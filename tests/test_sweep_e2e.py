@@ -26,15 +26,19 @@ from pathlib import Path
 
 import pytest
 
+from lth_core.config import TweakConfig
+from lth_core.tweaks import mlflow_params
 from sweeps import full_grid
+from tracking import layout as L
+from tracking.probe import HEALTH_PATH
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 EPOCHS = 2
 TINY = ["--width", "0.125", "--epochs", str(EPOCHS), "--num-levels", "2", "--levels", "2",
         "--set", "ticket.recipe.batch_size=128", "--set", 'combos=[{}, {"activation": "swish"}]']
-SPEND_PARAMS = {"dataset", "arch", "width", "seed", "prune_method", "level", "sparsity", "activation", "skip",
-                "label_smoothing", "kd_alpha", "kd_temperature", "rescale_init", "rewind_epoch"}
+SPEND_PARAMS = {"dataset", "arch", "width", "seed", "prune_method", "level", "sparsity",
+                *mlflow_params(TweakConfig())}  # one per registered tweak
 
 
 def free_port() -> int:
@@ -191,7 +195,7 @@ def test_the_sweep_logs_to_an_mlflow_server(ray_session, tmp_path):
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log.open("w"),
         stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
     try:
-        wait_for(f"{uri}/health", None, server, log, timeout=180)
+        wait_for(f"{uri}{HEALTH_PATH}", None, server, log, timeout=180)
         out, err = io.StringIO(), io.StringIO()
         with contextlib.chdir(tmp_path), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = full_grid.main([*TINY, "--name", "served", "--store", str(tmp_path / "store"),
@@ -216,7 +220,7 @@ def test_the_sweep_logs_to_an_mlflow_server(ray_session, tmp_path):
         parent_id = parents[0]["info"]["run_id"]
         children = [r for r in runs if r is not parents[0]]
         assert len(children) == 1 + 2  # the draw, one spend per tweak
-        assert all(tags(r)["mlflow.parentRunId"] == parent_id for r in children)
+        assert all(tags(r)[L.PARENT_RUN_ID] == parent_id for r in children)
         assert sorted(tags(r)["stage"] for r in children) == ["draw", "spend", "spend"]
         for run in children:
             if tags(run)["stage"] != "spend":
@@ -226,8 +230,8 @@ def test_the_sweep_logs_to_an_mlflow_server(ray_session, tmp_path):
             assert set(params) == SPEND_PARAMS and params["level"] == "2"
             assert params["activation"] == {"vanilla": "relu", "swish": "swish"}[tags(run)["tweak"]]
             metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
-            assert {"best_val_acc", "test_acc", "wall_seconds", "device_seconds"} <= set(metrics)
-            assert 0 < metrics["test_acc"] <= 1 and metrics["wall_seconds"] > 0
+            assert set(L.SPEND_FINAL_METRICS) <= set(metrics)
+            assert 0 < metrics["final_test_acc"] <= 1 and metrics["final_wall_seconds"] > 0
             query = urllib.parse.urlencode({"run_id": run["info"]["run_id"], "metric_key": "val_acc"})
             status, body = http(f"{api}/metrics/get-history?{query}")
             assert status == 200, body

@@ -1,30 +1,30 @@
-"""What both trainables share: turning a trial's config into the core's config types."""
+"""What both trainables share: a trial's config into the core's config types, Tune checkpoints
+and reports, and the MLflow run's end."""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from lth_core.config import RecipeConfig, SpendConfig, TicketConfig, TweakConfig, from_dict
+import torch
+from ray import tune
 
-FLAT_TWEAKS = ("activation", "skip", "label_smoothing", "kd", "rescale_init", "rewind_epoch")
-"""Tweak parameters a search algorithm may set directly in a trial's config (flat, simple values)."""
+from lth_core import tweaks
+from lth_core.config import RecipeConfig, SpendConfig, TicketConfig, TweakConfig, from_dict
+from lth_core.paths import ticket_summary
+from lth_core.store import ArtifactStore
+from lth_core.training import EpochRecord
+
+STATE_FILE = "state.pt"
 
 
 def tweaks_from_trial(config: dict[str, Any]) -> TweakConfig:
-    """`config["tweaks"]` (a TweakConfig dict) with any flat search parameters laid over it:
-    kd is "off" or "ALPHA,T"; rescale_init is a bool."""
-    tweaks = dict(config.get("tweaks") or {})
-    for name in FLAT_TWEAKS:
-        if name not in config:
-            continue
-        value = config[name]
-        if name == "kd":
-            value = None if value in (None, "off") else dict(zip(("alpha", "temperature"),
-                                                                (float(v) for v in str(value).split(","))))
-        elif name == "rescale_init":
-            value = {} if value is True else None if value is False else value
-        tweaks[name] = value
-    return from_dict(TweakConfig, tweaks)
+    """`config["tweaks"]` (a TweakConfig dict) with any flat search parameters (a search samples
+    one per tweak, named after it: `lth_core.tweaks.from_flat`) laid over it."""
+    return tweaks.from_flat(config, config.get("tweaks"))
 
 
 def on_granted_devices(config: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
@@ -51,3 +51,51 @@ def spend_from_trial(config: dict[str, Any]) -> SpendConfig:
 def device_share(config: dict[str, Any]) -> float:
     """The share of devices a trial holds: its GPUs when it has some, else its CPUs."""
     return float(config.get("gpus_per_trial") or config.get("cpus_per_trial") or 1.0)
+
+
+def resume_state() -> dict[str, Any] | None:
+    """The training state of this trial's last Tune checkpoint (None on a first start)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location="cpu")
+
+
+def report_epoch(record: EpochRecord, state: dict[str, Any], hessian: float | None = None) -> None:
+    """One epoch to Tune with the full training state as its checkpoint; `best_*` is the
+    best-validation epoch so far, the epochs of earlier attempts included (the state's history)."""
+    best = max(state["history"], key=lambda r: (r["val_acc"], -r["epoch"]))
+    metrics = {"epoch": record.epoch, "train_loss": record.train_loss, "val_acc": record.val_acc,
+               "test_acc": record.test_acc, "best_val_acc": best["val_acc"], "best_test_acc": best["test_acc"]}
+    if hessian is not None:
+        metrics["hessian_top_eigenvalue"] = hessian
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, Path(folder) / STATE_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def level_sparsity(spend: SpendConfig, store: ArtifactStore) -> float:
+    """The level's measured sparsity (docs/tracking.md), not the schedule's target. The draw stage
+    stored it; a trial that cannot read it sees another store than the driver, and says so."""
+    if spend.level == 0:
+        return 0.0
+    path = ticket_summary(spend.ticket.key)
+    if not store.exists(path):
+        raise FileNotFoundError(f"{store.uri}/{path} is missing on this node: the artifact store must be the "
+                                "same for every Ray node (s3://... or a shared filesystem)")
+    summary = store.read_json(path)
+    return next(lv["sparsity"] for lv in summary["levels"] if lv["level"] == spend.level)
+
+
+@contextlib.contextmanager
+def tracked(run: Any) -> Iterator[None]:
+    """The trial's MLflow run (None when not tracked) ends FINISHED, or FAILED when the body raises."""
+    try:
+        yield
+    except BaseException:
+        if run is not None:
+            run.finish("FAILED")
+        raise
+    if run is not None:
+        run.finish()

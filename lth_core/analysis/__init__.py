@@ -16,12 +16,12 @@ from torch import nn
 from ..masks import Mask
 from .activation_sparsity import (ACTIVATION_TYPES, ActivationSparsity, Count, activation_sparsity, format_table,
                                   is_activation, stage_of)
-from .hessian import Batch, HessianResult, HessianTracker, LossFn, top_hessian_eigenvalues
+from .hessian import Batch, HessianObserver, HessianResult, HessianTracker, LossFn, top_hessian_eigenvalues
 from .landscape import loss_along, loss_surface_1d, loss_surface_2d, random_direction, save_npz
 from .plots import plot_activation_sparsity, plot_eigenvalue_history, plot_surface_1d, plot_surface_2d
 
 __all__ = [
-    "ACTIVATION_TYPES", "ActivationSparsity", "Count", "HessianResult", "HessianTracker", "activation_sparsity",
+    "ACTIVATION_TYPES", "ActivationSparsity", "Count", "HessianObserver", "HessianResult", "HessianTracker", "activation_sparsity",
     "format_table", "is_activation", "loss_along", "loss_surface_1d", "loss_surface_2d",
     "plot_activation_sparsity", "plot_eigenvalue_history", "plot_surface_1d", "plot_surface_2d",
     "random_direction", "run_all", "save_npz", "stage_of", "top_hessian_eigenvalues",

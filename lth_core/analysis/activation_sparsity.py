@@ -14,17 +14,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..tweaks.activations import ACTIVATION_TYPES
 from .hessian import Batch, eval_mode, model_device
-
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.SiLU, nn.Mish, nn.GELU, nn.ELU, nn.Softplus)
 
 
 def is_activation(module: nn.Module, activation_types: Sequence[type[nn.Module]] | None = None) -> bool:
-    """By default one of `ACTIVATION_TYPES` (or a subclass), or any class named '...Swish'
-    (the tweaks' fixed-beta PSwish)."""
-    if activation_types is not None:
-        return isinstance(module, tuple(activation_types))
-    return isinstance(module, ACTIVATION_TYPES) or type(module).__name__.endswith("Swish")
+    """By default one of the activations the activation tweak can put into a model (or a subclass)."""
+    return isinstance(module, tuple(activation_types) if activation_types is not None else ACTIVATION_TYPES)
 
 
 def stage_of(module_name: str) -> str:
@@ -84,6 +80,9 @@ def activation_sparsity(model: nn.Module, batches: Iterable[Batch], threshold: f
     """
     device = model_device(model)
     sites = [(name, m) for name, m in model.named_modules() if is_activation(m, activation_types)]
+    if not sites:
+        raise ValueError("the model has no activation module this analysis knows; a new activation goes into "
+                         "lth_core/tweaks/activations.py (or pass activation_types)")
     # Counts stay on the device until the end: no host sync per hook call.
     near_zero = {name: torch.zeros((), dtype=torch.int64, device=device) for name, _ in sites}
     total = dict.fromkeys(near_zero, 0)

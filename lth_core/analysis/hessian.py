@@ -14,13 +14,16 @@ loss only: weight decay would shift every eigenvalue by its coefficient.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..hooks import Loop, Observer
 from ..masks import Mask
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -172,3 +175,36 @@ class HessianTracker:
                                         max_iter=self.max_iter, tol=self.tol, seed=self.seed).eigenvalues[0]
         self.history.append((epoch, value))
         return value
+
+
+class HessianObserver(Observer):
+    """The top eigenvalue every `every` epochs of a spend, on its first `batches` training batches
+    (unshuffled, so they are the same in every run), under the spend's mask. Recorded in the
+    spend's result as `hessian`: {"every": N, "history": [[epoch, value], ...]}."""
+
+    name = "hessian"
+
+    def __init__(self, every: int, batches: int = 2, seed: int = 0):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every, self.batches, self.seed = every, batches, seed
+        self.history: list[tuple[int, float]] = []
+        self.tracker: HessianTracker | None = None
+
+    def on_train_start(self, loop: Loop) -> None:
+        from lth_core.data import iterate_batches
+
+        fixed = list(itertools.islice(iterate_batches(loop.dataset, "train", loop.batch_size), self.batches))
+        self.tracker = HessianTracker(self.every, fixed, mask=loop.mask, seed=self.seed, history=self.history)
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        self.tracker.maybe_measure(loop.epoch, loop.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"every": self.every, "history": [list(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history[:] = [(int(e), float(v)) for e, v in state["history"]]
+
+    def covers(self, recorded: dict[str, Any] | None) -> bool:
+        return recorded is not None and recorded.get("every") == self.every

@@ -19,21 +19,19 @@ from lth_core.analysis import (activation_sparsity, format_table, plot_activatio
                                top_hessian_eigenvalues)
 from lth_core.config import SpendConfig, replace
 from lth_core.data import Dataset, iterate_batches
-from lth_core.lottery import StageCallback, dataset_on, prepare_spend_model, spend, spend_dir
+from lth_core.lottery import StageCallback, prepare_spend, spend
 from lth_core.masks import Mask
+from lth_core.paths import spend_weights
 from lth_core.store import ArtifactStore
-from lth_core.training import Runtime
 
 
 def load_spent_model(config: SpendConfig, store: ArtifactStore, on_stage_epoch: StageCallback | None = None
                      ) -> tuple[nn.Module, Mask | None, Dataset]:
     """Spend (or read back) `config` and return its trained model in eval mode, its mask and data."""
     spend(config, store, on_stage_epoch=on_stage_epoch)
-    runtime = Runtime.resolve(config.train_recipe)
-    dataset = dataset_on(config.ticket.data, runtime.device)
-    model, mask = prepare_spend_model(config, store, runtime, dataset)
-    model.load_state_dict(store.read_tensors(f"{spend_dir(config)}/final.safetensors", device=runtime.device))
-    return model.eval(), mask, dataset
+    run = prepare_spend(config, store, with_init=False)
+    run.model.load_state_dict(store.read_tensors(spend_weights(config.key), device=run.runtime.device))
+    return run.model.eval(), run.mask, run.dataset
 
 
 def analyze_spend(config: SpendConfig, store: ArtifactStore, out_dir: Path, *,

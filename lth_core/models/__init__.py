@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from ..config import ARCHS, ModelConfig
 from .mobilenet import MobileNet, mobilenet
 from .resnet import ResNet, resnet18, resnet34
 from .units import ConvUnit
 from .vgg import VGG, vgg16
 
-__all__ = ["ConvUnit", "MobileNet", "ResNet", "VGG", "build_model", "load_ticket_weights"]
+if TYPE_CHECKING:
+    from lth_core.config import ModelConfig
+
+ARCHS = ("resnet18", "resnet34", "vgg16", "mobilenet")
+
+__all__ = ["ARCHS", "ConvUnit", "MobileNet", "ResNet", "VGG", "build_model", "load_ticket_weights"]
 
 
 def build_model(cfg: ModelConfig, *, in_channels: int, num_classes: int, image_size: int) -> nn.Module:

@@ -1,1 +1,164 @@
-"""Re-training tweaks, one file each; each acts on a built model or on the training step."""
+"""Re-training tweaks: one module each (the contract: `lth_core.tweaks.base`), listed once in
+`REGISTRY`. Everything else is derived from the registry: `TweakConfig`, the core CLI's flags,
+the trial dict codec, the Optuna space, the MLflow params, the trial label, the report's columns
+and the tweak table of the docs (`python -m lth_core tweaks`).
+
+Registry order is the order in which hooks run and labels are joined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from lth_core.hooks import LossFn, TrainHook
+from lth_core.schema import from_dict
+from lth_core.tweaks import activations, distillation, label_smoothing, rescale_init, rewind, skips
+from lth_core.tweaks.base import Flat, SpendContext, Tweak
+
+if TYPE_CHECKING:
+    from lth_core.config import SpendConfig
+
+REGISTRY: tuple[Tweak, ...] = (
+    activations.TWEAK,
+    skips.TWEAK,
+    label_smoothing.TWEAK,
+    distillation.TWEAK,
+    rescale_init.TWEAK,
+    rewind.TWEAK,
+)
+TWEAKS: dict[str, Tweak] = {t.name: t for t in REGISTRY}
+assert len(TWEAKS) == len(REGISTRY), "two tweaks share a name"
+
+VANILLA = "vanilla"
+
+
+def _validate(self: Any) -> None:
+    for tweak in REGISTRY:
+        value = getattr(self, tweak.name)
+        if value is not None or tweak.section is None:
+            tweak.validate(value)
+
+
+def _active(self: Any) -> list[tuple[Tweak, Any]]:
+    """(tweak, value) of every tweak that is on, in registry order."""
+    return [(t, getattr(self, t.name)) for t in REGISTRY if t.is_on(getattr(self, t.name))]
+
+
+def _describe(self: Any) -> str:
+    """A short label such as 'swish+skip-identity+ls0.1' ('vanilla' when every tweak is off)."""
+    return "+".join(t.label(v) for t, v in self.active()) or VANILLA
+
+
+TweakConfig = dataclasses.make_dataclass(
+    "TweakConfig",
+    [(t.name, t.annotation, dataclasses.field(default=t.default, metadata={"help": t.summary})) for t in REGISTRY],
+    namespace={"__post_init__": _validate, "active": _active, "describe": _describe,
+               "__doc__": "The re-training tweaks, one field per registered tweak; every default is vanilla LTH."},
+    frozen=True)
+TweakConfig.__module__ = __name__  # importable by name (pickling, repr)
+
+
+def check_spend(spend: SpendConfig) -> None:
+    """Each tweak's checks against the rest of the spend (e.g. a rewind epoch the ticket keeps)."""
+    for tweak in REGISTRY:
+        tweak.check_spend(getattr(spend.tweaks, tweak.name), spend)
+
+
+# --- trial dicts and search spaces ---------------------------------------------------------------
+def to_flat(tweaks: Any) -> dict[str, Flat]:
+    """Every tweak's value in flat form (what a search samples and MLflow shows)."""
+    return {t.name: t.encode(getattr(tweaks, t.name)) for t in REGISTRY}
+
+
+def from_flat(flat: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> Any:
+    """A TweakConfig from `base` (a TweakConfig dict) with the flat values of `flat` laid over it;
+    keys of `flat` that name no tweak are ignored (a trial dict holds other settings too)."""
+    data = dict(base or {})
+    for name, value in flat.items():
+        if name in TWEAKS:
+            data[name] = TWEAKS[name].as_config_value(value)
+    return from_dict(TweakConfig, data, "tweaks.")
+
+
+def default_search_space() -> dict[str, tuple[Flat, ...]]:
+    return {t.name: t.search for t in REGISTRY}
+
+
+# --- what a spend does with them -----------------------------------------------------------------
+def start_epoch(tweaks: Any) -> int:
+    """The dense-run epoch the spend starts from (0, the initialisation, unless a tweak rewinds)."""
+    epochs = [t.start_epoch(v) for t, v in tweaks.active() if "start_epoch" in t.hooks()]
+    return max(epochs, default=0)
+
+
+def compose_loss(tweaks: Any, ctx: SpendContext, base: LossFn) -> LossFn:
+    loss = base
+    for tweak, value in tweaks.active():
+        loss = tweak.loss(value, loss, ctx)
+    return loss
+
+
+def train_hooks(tweaks: Any, ctx: SpendContext) -> list[TrainHook]:
+    return [hook for tweak, value in tweaks.active() for hook in tweak.train_hooks(value, ctx)]
+
+
+# --- tracking and docs ---------------------------------------------------------------------------
+def mlflow_params(tweaks: Any) -> dict[str, str]:
+    """One param per tweak (its flat form) and, for an enabled section, one per setting
+    (`kd_alpha`, `rescale_init_iterations`, ...)."""
+    params = {}
+    for tweak in REGISTRY:
+        value = getattr(tweaks, tweak.name)
+        params[tweak.name] = _text(tweak.encode(value))
+        if tweak.section is not None and value is not None:
+            for f in dataclasses.fields(value):
+                params[f"{tweak.name}_{f.name}"] = _text(getattr(value, f.name))
+    return params
+
+
+def from_params(params: Mapping[str, Any]) -> Any:
+    """A TweakConfig back from a run's params (what `mlflow_params` logged, as strings or as the
+    numbers a table parsed them into); tweaks a run has no param for (older runs) are vanilla."""
+    flat = {}
+    for name, tweak in TWEAKS.items():
+        value = _untext(params.get(name))
+        if value is None:
+            continue
+        if tweak.value_type is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        flat[name] = value
+    return from_flat(flat)
+
+
+def _text(value: Flat) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _untext(value: Any) -> Any:
+    import yaml
+
+    return yaml.safe_load(value) if isinstance(value, str) and value not in ("off", "on") else value
+
+
+def flag_name(tweak: Tweak, setting: str | None = None) -> str:
+    return "--" + "-".join(p.replace("_", "-") for p in (tweak.name, setting) if p)
+
+
+def docs_table() -> str:
+    """The tweak table of docs/tweaks.md (a test keeps the page in step with the registry)."""
+    rows = ["| tweak | core flag | values (vanilla first) | example label | hooks | Optuna default |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for t in REGISTRY:
+        if t.section is not None:
+            fields = dataclasses.fields(t.section)
+            values = ("off \\| on \\| " + ",".join(f.name for f in fields) + " (defaults "
+                      + ",".join(_text(f.default) for f in fields) + ")")
+        elif t.choices:
+            values = " \\| ".join(t.choices)
+        else:
+            values = f"{t.value_type.__name__} (default {_text(t.default)})"
+        rows.append(f"| `{t.name}` | `{flag_name(t)}` | {values} | `{t.label(t.decode(t.example))}` | "
+                    f"{', '.join(t.hooks())} | {', '.join(_text(v) for v in t.search)} |")
+    return "\n".join(rows)

@@ -7,10 +7,12 @@ strictly, and its mask still fits.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from ..config import ACTIVATIONS
+from lth_core.tweaks.base import SpendContext, Tweak
 
 
 class PSwish(nn.Module):
@@ -37,7 +39,9 @@ _FACTORIES = {
     "softplus": nn.Softplus,
     "pswish": PSwish,
 }
-assert tuple(_FACTORIES) == ACTIVATIONS
+ACTIVATIONS = tuple(_FACTORIES)
+ACTIVATION_TYPES = tuple(f for f in _FACTORIES.values())
+"""Every activation module a swap can put into a model (the analyses count these)."""
 
 
 def make_activation(name: str) -> nn.Module:
@@ -57,3 +61,22 @@ def swap_activations(model: nn.Module, name: str) -> nn.Module:
         parent, _, child = qualname.rpartition(".")
         setattr(model.get_submodule(parent), child, make_activation(name))
     return model
+
+
+class Activation(Tweak):
+    name = "activation"
+    summary = "swap every ReLU for a smooth activation"
+    value_type = str
+    default = "relu"
+    choices = ACTIVATIONS
+    search = ("relu", "swish", "mish")
+    example = "swish"
+
+    def label(self, value: Any) -> str:
+        return value
+
+    def model(self, value: Any, model: nn.Module, ctx: SpendContext) -> None:
+        swap_activations(model, value)
+
+
+TWEAK = Activation()

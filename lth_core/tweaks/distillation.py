@@ -1,19 +1,33 @@
-"""Knowledge distillation from the ticket's trained dense net, and the one place that turns
-`TweakConfig` into the training loss (plain CE, label smoothing or KD)."""
+"""Knowledge distillation from the ticket's trained dense net (Hinton et al. 2015)."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lth_core.config import TweakConfig
-from lth_core.training import LossFn
+from lth_core.hooks import LossFn
+from lth_core.schema import require
+from lth_core.tweaks.base import SpendContext, Tweak
 from lth_core.tweaks.label_smoothing import smoothed_cross_entropy
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """Distillation from the draw's dense final model."""
+
+    alpha: float = field(default=0.9, metadata={"help": "weight of the soft-target term"})
+    temperature: float = field(default=5.0, metadata={"help": "softmax temperature of both nets"})
+
+    def __post_init__(self) -> None:
+        require(0 < self.alpha <= 1, "tweaks.kd.alpha", f"must be in (0, 1], got {self.alpha}")
+        require(self.temperature > 0, "tweaks.kd.temperature", f"must be > 0, got {self.temperature}")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -24,12 +38,16 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     elements would divide it by the number of classes as well. T^2 keeps the soft-target
     gradients on the scale of the hard-target ones (Hinton et al. 2015). Computed in float32.
     """
+    ce = smoothed_cross_entropy(student_logits, targets, label_smoothing)
     t = temperature
+    return alpha * t * t * teacher_kl(student_logits, teacher_logits, t) + (1.0 - alpha) * ce
+
+
+def teacher_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+    """KL(softmax(teacher/T) || softmax(student/T)), summed over classes, averaged over the batch."""
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
-    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
-    ce = smoothed_cross_entropy(student_logits, targets, label_smoothing)
-    return alpha * t * t * kl + (1.0 - alpha) * ce
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
 
 
 class Teacher:
@@ -78,21 +96,23 @@ def clear_teachers() -> None:
         _TEACHERS.clear()
 
 
-def make_loss(tweaks: TweakConfig, teacher: Teacher | None) -> LossFn:
-    """The training loss the tweaks ask for: KD (with label smoothing on its CE part when set),
-    else label-smoothed CE, else plain CE. A teacher passed without `tweaks.kd` is unused."""
-    eps = tweaks.label_smoothing
-    kd = tweaks.kd
-    if kd is not None:
-        if teacher is None:
-            raise ValueError("tweaks.kd is set but no teacher was given: knowledge distillation needs "
-                             "the ticket's trained dense model (see load_teacher)")
+class Distillation(Tweak):
+    name = "kd"
+    summary = "distil from the ticket's trained dense net: alpha * soft targets + (1 - alpha) * hard"
+    section = KDConfig
+    search = ("off", "on")
 
-        def kd_loss(student_logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return distillation_loss(student_logits, teacher(images), targets,
-                                     kd.alpha, kd.temperature, label_smoothing=eps)
+    def label(self, value: Any) -> str:
+        return f"kd{value.alpha:g},{value.temperature:g}"
+
+    def loss(self, value: Any, inner: LossFn, ctx: SpendContext) -> LossFn:
+        teacher = ctx.teacher()
+
+        def kd_loss(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            t, alpha = value.temperature, value.alpha
+            kl = teacher_kl(logits, teacher(images), t)
+            return alpha * t * t * kl + (1.0 - alpha) * inner(logits, images, labels)
         return kd_loss
 
-    def ce_loss(student_logits: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return smoothed_cross_entropy(student_logits, targets, eps)
-    return ce_loss
+
+TWEAK = Distillation()

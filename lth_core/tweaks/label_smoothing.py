@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+
+from lth_core.hooks import LossFn
+from lth_core.schema import require
+from lth_core.tweaks.base import SpendContext, Tweak
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
@@ -17,3 +23,27 @@ def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: flo
     # sum_k (eps / K) * -log p_k: the uniform part of the target.
     uniform = -log_probs.mean(dim=-1)
     return ((1.0 - eps) * nll + eps * uniform).mean()
+
+
+class LabelSmoothing(Tweak):
+    name = "label_smoothing"
+    summary = "train against smoothed targets: (1 - eps) * onehot + eps / K"
+    value_type = float
+    default = 0.0
+    search = (0.0, 0.1)
+    example = 0.1
+
+    def validate(self, value: Any) -> None:
+        require(0 <= value < 1, self.path, f"must be in [0, 1), got {value}")
+
+    def label(self, value: Any) -> str:
+        return f"ls{value:g}"
+
+    def loss(self, value: Any, inner: LossFn, ctx: SpendContext) -> LossFn:
+        """Replaces the hard-target cross-entropy (so it comes before any tweak that wraps it)."""
+        def smoothed(logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return smoothed_cross_entropy(logits, labels, value)
+        return smoothed
+
+
+TWEAK = LabelSmoothing()

@@ -18,6 +18,8 @@ S1 = A[:b]; an objective step draws a second batch B and takes S2 = A[:b/2] + B[
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +27,30 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.modules.dropout import _DropoutNd
 
-from lth_core.config import RescaleInitConfig
 from lth_core.masks import Mask
+from lth_core.schema import require
+from lth_core.tweaks.base import SpendContext, Tweak
+
+
+@dataclass(frozen=True)
+class RescaleInitConfig:
+    """GradInit's search: one non-negative scale per weight/bias tensor, learned with Adam."""
+
+    iterations: int = field(default=100, metadata={"help": "Adam steps of the scale search"})
+    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate of the scales"})
+    eta: float = field(default=0.1, metadata={"help": "length of the normalised look-ahead SGD step"})
+    gamma: float = field(default=1.0, metadata={"help": "bound on the gradient norm"})
+    min_scale: float = field(default=0.01, metadata={"help": "lower bound of a weight's scale"})
+    batch_size: int = field(default=128, metadata={"help": "images per search batch"})
+
+    def __post_init__(self) -> None:
+        path = "tweaks.rescale_init"
+        require(self.iterations >= 1, f"{path}.iterations", f"must be >= 1, got {self.iterations}")
+        require(self.lr > 0, f"{path}.lr", f"must be > 0, got {self.lr}")
+        require(self.eta > 0, f"{path}.eta", f"must be > 0, got {self.eta}")
+        require(self.gamma > 0, f"{path}.gamma", f"must be > 0, got {self.gamma}")
+        require(0 <= self.min_scale <= 1, f"{path}.min_scale", f"must be in [0, 1], got {self.min_scale}")
+        require(self.batch_size >= 2, f"{path}.batch_size", f"must be >= 2, got {self.batch_size}")
 
 SCALED_LAYERS = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
 
@@ -124,3 +148,21 @@ def _draw(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], n: int,
     if len(images) < n:
         raise ValueError(f"rescale_init needs batches of at least {n} samples, got {len(images)}")
     return images[:n].to(device), labels[:n].to(device)
+
+
+class RescaleInit(Tweak):
+    name = "rescale_init"
+    summary = "GradInit: re-scale each layer's starting weights so the first SGD steps lower the loss most"
+    section = RescaleInitConfig
+    search = ("off", "on")
+
+    def label(self, value: Any) -> str:
+        return "gradinit"
+
+    def init(self, value: Any, model: nn.Module, ctx: SpendContext) -> dict[str, Any]:
+        """Runs in fp32 whatever the recipe's precision: it differentiates twice."""
+        batches = ctx.train_batches(value.batch_size, ctx.spend.seed)
+        return {"scales": rescale_init(model, batches, value, mask=ctx.mask)}
+
+
+TWEAK = RescaleInit()

@@ -18,13 +18,17 @@ The ticket's own parameters are untouched, so its weights and mask still fit.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import SKIPS
-from ..masks import memory_format_of
-from ..models.units import ConvUnit, init_conv_
+from lth_core.masks import memory_format_of
+from lth_core.models.units import ConvUnit, init_conv_
+from lth_core.tweaks.base import SpendContext, Tweak
+
+SKIPS = ("none", "identity", "conv1x1")
 
 
 class IdentitySkip(nn.Module):
@@ -81,3 +85,24 @@ def inject_skips(model: nn.Module, variant: str) -> nn.Module:
             unit.skip = Conv1x1Skip(conv).to(device=weight.device, dtype=weight.dtype,
                                              memory_format=memory_format_of(weight))
     return model
+
+
+class Skip(Tweak):
+    name = "skip"
+    summary = "inject a skip connection into every conv unit"
+    value_type = str
+    default = "none"
+    choices = SKIPS
+    search = ("none", "identity")
+    example = "identity"
+
+    def label(self, value: Any) -> str:
+        return f"skip-{value}"
+
+    def model(self, value: Any, model: nn.Module, ctx: SpendContext) -> None:
+        with torch.random.fork_rng(devices=[]):  # the new branches' init depends on the spend seed only
+            torch.manual_seed(ctx.spend.seed)
+            inject_skips(model, value)
+
+
+TWEAK = Skip()

@@ -1,0 +1,131 @@
+"""The artifact store's layout: every path inside the store is built here and nowhere else.
+
+Everything a draw produces lives under the ticket's content key, everything a spend
+produces under the spend's key (`TicketConfig.key`, `SpendConfig.key`). Each function
+takes the key as a string, so a caller holding only a key (`python -m lth_core show
+--key ...`) finds the same files as one holding the config:
+
+    tickets/<key>/config.json
+    tickets/<key>/dense/rewind_<epoch>.safetensors   weights kept for rewinding (epoch 0 = init)
+    tickets/<key>/dense/final.safetensors            the trained dense net (distillation teacher)
+    tickets/<key>/dense/metrics.json
+    tickets/<key>/dense/checkpoint.pt                the dense run's last epoch, while it trains
+    tickets/<key>/level_<k>/mask.safetensors
+    tickets/<key>/level_<k>/final.safetensors        IMP prunes level k+1 from these weights
+    tickets/<key>/level_<k>/metrics.json             vanilla LTH re-training at that sparsity
+    tickets/<key>/level_<k>/checkpoint.pt            the level's last epoch, while it trains
+    tickets/<key>/summary.json                       written last: the draw is complete
+    spends/<key>/final.safetensors                   a finished spend's weights (for the analyses)
+    spends/<key>/result.json                         a finished spend, written last
+    spends/<key>/checkpoint.pt                       the spend's last epoch, while it trains
+
+and the lock `ticket-<key>` (`ArtifactStore.lock`) makes a draw single-flight.
+Stores written with this layout must stay readable: change a string here only
+together with a migration of existing stores.
+"""
+
+from __future__ import annotations
+
+TICKETS = "tickets"
+SPENDS = "spends"
+
+
+def _key(key: str) -> str:
+    """A content key as one path component: refuse anything that would leave its folder."""
+    if not isinstance(key, str) or not key or "/" in key or "\\" in key or key.startswith("."):
+        raise ValueError(f"not a content key: {key!r}")
+    return key
+
+
+# ---------------------------------------------------------------- tickets (a draw)
+
+def ticket_dir(key: str) -> str:
+    """tickets/<key>: everything one draw produces."""
+    return f"{TICKETS}/{_key(key)}"
+
+
+def ticket_config(key: str) -> str:
+    """The ticket's config, written first."""
+    return f"{ticket_dir(key)}/config.json"
+
+
+def ticket_summary(key: str) -> str:
+    """The draw's summary (dense and per-level accuracy), written last: the draw is complete."""
+    return f"{ticket_dir(key)}/summary.json"
+
+
+def ticket_lock(key: str) -> str:
+    """The name of the lock that makes a draw single-flight (see `ArtifactStore.lock`)."""
+    return f"ticket-{_key(key)}"
+
+
+def dense_dir(key: str) -> str:
+    """The dense run of a draw."""
+    return f"{ticket_dir(key)}/dense"
+
+
+def rewind_weights(key: str, epoch: int) -> str:
+    """The dense run's weights after `epoch` epochs (0 = the initialisation), kept for rewinding."""
+    return f"{dense_dir(key)}/rewind_{epoch:d}.safetensors"
+
+
+def dense_final(key: str) -> str:
+    """The trained dense net (the distillation teacher, IMP level 1's magnitudes)."""
+    return f"{dense_dir(key)}/final.safetensors"
+
+
+def dense_metrics(key: str) -> str:
+    """The dense run's summary and per-epoch history."""
+    return f"{dense_dir(key)}/metrics.json"
+
+
+def dense_checkpoint(key: str) -> str:
+    """The dense run's per-epoch checkpoint, deleted once the run is finished."""
+    return f"{dense_dir(key)}/checkpoint.pt"
+
+
+def level_dir(key: str, level: int) -> str:
+    """Pruning level `level` (1, 2, ...) of a draw."""
+    return f"{ticket_dir(key)}/level_{level:d}"
+
+
+def level_mask(key: str, level: int) -> str:
+    """The level's mask (safetensors of booleans)."""
+    return f"{level_dir(key, level)}/mask.safetensors"
+
+
+def level_final(key: str, level: int) -> str:
+    """The level's re-trained weights (IMP prunes the next level from them)."""
+    return f"{level_dir(key, level)}/final.safetensors"
+
+
+def level_metrics(key: str, level: int) -> str:
+    """Vanilla LTH re-training at the level's sparsity: summary, history, layer sparsity."""
+    return f"{level_dir(key, level)}/metrics.json"
+
+
+def level_checkpoint(key: str, level: int) -> str:
+    """The level's per-epoch checkpoint, deleted once the level is finished."""
+    return f"{level_dir(key, level)}/checkpoint.pt"
+
+
+# ---------------------------------------------------------------- spends (a re-training)
+
+def spend_dir(key: str) -> str:
+    """spends/<key>: everything one spend produces."""
+    return f"{SPENDS}/{_key(key)}"
+
+
+def spend_weights(key: str) -> str:
+    """A finished spend's weights (read by the analyses)."""
+    return f"{spend_dir(key)}/final.safetensors"
+
+
+def spend_result(key: str) -> str:
+    """A finished spend's result, written last: the spend is complete."""
+    return f"{spend_dir(key)}/result.json"
+
+
+def spend_checkpoint(key: str) -> str:
+    """The spend's per-epoch checkpoint (CLI spends), deleted once the spend is finished."""
+    return f"{spend_dir(key)}/checkpoint.pt"

@@ -1,0 +1,52 @@
+"""What a person reads: the per-level table of a draw and the per-stage progress bars.
+
+Shared by the core CLI (`python -m lth_core`) and the sweep entry points, so that no
+entry point imports another.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lth_core.training import EpochRecord
+
+
+def format_levels(summary: dict[str, Any]) -> str:
+    """The per-level table of a draw: sparsity and vanilla LTH accuracy."""
+    lines = [f"ticket {summary['key']}  ({summary['config']['model']['arch']} on {summary['config']['data']['name']})",
+             f"{'level':>5}  {'sparsity':>8}  {'best val':>8}  {'test acc':>8}",
+             f"{0:>5}  {0.0:>8.2%}  {summary['dense']['best_val_acc']:>8.2%}  {summary['dense']['test_acc']:>8.2%}  (dense)"]
+    for lv in summary["levels"]:
+        lines.append(f"{lv['level']:>5}  {lv['sparsity']:>8.2%}  {lv['best_val_acc']:>8.2%}  {lv['test_acc']:>8.2%}")
+    return "\n".join(lines)
+
+
+class StageProgress:
+    """One progress bar per stage (dense run, each level, the spend) on stderr."""
+
+    def __init__(self, epochs_of: dict[str, int] | None = None, default_epochs: int = 0):
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._bar = None
+        self._stage = None
+        self._epochs_of = epochs_of or {}
+        self._default = default_epochs
+
+    def __call__(self, stage: str, record: EpochRecord) -> None:
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            total = self._epochs_of.get(stage, self._default)
+            self._bar = self._tqdm(total=total, desc=stage, file=sys.stderr, leave=True, dynamic_ncols=True,
+                                   initial=record.epoch - 1)
+        self._bar.set_postfix(loss=f"{record.train_loss:.3f}", val=f"{record.val_acc:.3f}",
+                              test=f"{record.test_acc:.3f}")
+        self._bar.update(record.epoch - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
