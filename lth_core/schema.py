@@ -113,7 +113,8 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[Config], data: dict[str, Any] | None, _path: str = "") -> Config:
-    """Build `cls` from a nested dict, rejecting unknown fields with the list of known ones."""
+    """Build `cls` from a nested dict, rejecting unknown fields with the list of known ones. A field
+    whose metadata has `parse` is read by it (a tweak's value in any of its flat spellings)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -125,7 +126,8 @@ def from_dict(cls: type[Config], data: dict[str, Any] | None, _path: str = "") -
         raise ConfigError(f"{_path}{unknown[0]}", f"unknown field; known fields: {', '.join(known)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        kwargs[name] = coerce(hints[name], value, f"{_path}{name}")
+        parse = known[name].metadata.get("parse")  # a field that reads its own spellings
+        kwargs[name] = parse(value) if parse is not None else coerce(hints[name], value, f"{_path}{name}")
     try:
         return cls(**kwargs)
     except ConfigError:

@@ -110,3 +110,15 @@ def test_mlflow_params_name_the_tweak_and_read_back(name):
 def test_docs_table_is_the_registry():
     page = (Path(__file__).parent.parent / "docs" / "tweaks.md").read_text()
     assert tweaks.docs_table() in page, "docs/tweaks.md is out of date: paste `python -m lth_core tweaks`"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_files_and_combos_take_the_flat_spelling(name):
+    """`combos=[{kd: "0.5,4"}, {rescale_init: on}]` in a sweep file means what the flags mean."""
+    from lth_core.config import from_dict
+    from sweeps.config import SweepConfig
+
+    tweak = TWEAKS[name]
+    assert from_dict(TweakConfig, {name: tweak.example}) == on(tweak)
+    sweep = from_dict(SweepConfig, {"ticket": dataclasses.asdict(tiny_ticket()), "combos": [{name: tweak.example}]})
+    assert sweep.combos == (on(tweak),)

@@ -53,7 +53,8 @@ def _describe(self: Any) -> str:
 
 TweakConfig = dataclasses.make_dataclass(
     "TweakConfig",
-    [(t.name, t.annotation, dataclasses.field(default=t.default, metadata={"help": t.summary})) for t in REGISTRY],
+    [(t.name, t.annotation, dataclasses.field(default=t.default, metadata={"help": t.summary, "parse": t.decode}))
+     for t in REGISTRY],
     namespace={"__post_init__": _validate, "active": _active, "describe": _describe,
                "__doc__": "The re-training tweaks, one field per registered tweak; every default is vanilla LTH."},
     frozen=True)
