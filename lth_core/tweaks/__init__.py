@@ -9,25 +9,26 @@ Registry order is the order in which hooks run and labels are joined.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lth_core.hooks import LossFn, TrainHook
 from lth_core.schema import from_dict
-from lth_core.tweaks import activations, distillation, label_smoothing, rescale_init, rewind, skips
 from lth_core.tweaks.base import Flat, SpendContext, Tweak
 
 if TYPE_CHECKING:
     from lth_core.config import SpendConfig
 
-REGISTRY: tuple[Tweak, ...] = (
-    activations.TWEAK,
-    skips.TWEAK,
-    label_smoothing.TWEAK,
-    distillation.TWEAK,
-    rescale_init.TWEAK,
-    rewind.TWEAK,
+MODULES = (  # one line per tweak: the module in this package that defines its TWEAK
+    "activations",
+    "skips",
+    "label_smoothing",
+    "distillation",
+    "rescale_init",
+    "rewind",
 )
+REGISTRY: tuple[Tweak, ...] = tuple(importlib.import_module(f"{__name__}.{m}").TWEAK for m in MODULES)
 TWEAKS: dict[str, Tweak] = {t.name: t for t in REGISTRY}
 assert len(TWEAKS) == len(REGISTRY), "two tweaks share a name"
 
