@@ -27,6 +27,7 @@ MODULES = (  # one line per tweak: the module in this package that defines its T
     "distillation",
     "rescale_init",
     "rewind",
+    "swa",
 )
 REGISTRY: tuple[Tweak, ...] = tuple(importlib.import_module(f"{__name__}.{m}").TWEAK for m in MODULES)
 TWEAKS: dict[str, Tweak] = {t.name: t for t in REGISTRY}
