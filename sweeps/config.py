@@ -115,6 +115,7 @@ def _smoke() -> dict[str, Any]:
         "levels": [2, 5],
         "combos": [{}, {"activation": "swish"}, {"skip": "identity"}, {"label_smoothing": 0.1},
                    {"kd": {}}, {"rescale_init": {"iterations": 20, "batch_size": 64}}, {"rewind_epoch": 1},
+                   {"swa": {}},
                    {"activation": "swish", "skip": "identity", "label_smoothing": 0.1, "rewind_epoch": 1}],
         "optuna_trials": 4,
         "optuna_space": {"activation": ["relu", "swish"], "skip": ["none", "identity"],
@@ -128,7 +129,7 @@ def _paper() -> dict[str, Any]:
     every tweak alone and all together, from init and rewound; GPUs."""
     gradinit = {"rescale_init": {"iterations": 390}}  # about one CIFAR epoch at batch 128, as GradInit does
     singles = [{}, {"activation": "swish"}, {"activation": "mish"}, {"skip": "identity"}, {"skip": "conv1x1"},
-               {"label_smoothing": 0.1}, {"kd": {"alpha": 0.9, "temperature": 5.0}}, gradinit]
+               {"label_smoothing": 0.1}, {"kd": {"alpha": 0.9, "temperature": 5.0}}, gradinit, {"swa": {}}]
     combined = {"activation": "swish", "skip": "identity", "label_smoothing": 0.1, **gradinit}
     combos = [*singles, combined]
     return {

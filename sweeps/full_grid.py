@@ -36,16 +36,18 @@ def spend_space(sweep: SweepConfig, parent_run_id: str | None) -> dict:
             "seed": tune.grid_search(list(sweep.seeds))}
 
 
-def summary_table(results) -> str:
-    """Mean test accuracy per tweak (rows) and level (columns)."""
+def summary_table(sweep: SweepConfig, store: ArtifactStore) -> str:
+    """Mean test accuracy per tweak (rows) and level (columns), from the stored results: the
+    numbers of the weights each spend ended with (after any tweak that replaces them at the end,
+    as SWA does). A combination ASHA stopped in every seed shows '-'."""
     from collections import defaultdict
 
-    from trainables.common import spend_from_trial
-
     cells: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for r in results:
-        spend = spend_from_trial(r.config)
-        cells[(spend.tweaks.describe(), spend.level)].append(r.metrics["best_test_acc"])
+    for spend in sweep.spends():
+        path = paths.spend_result(spend.key)
+        cell = cells[(spend.tweaks.describe(), spend.level)]
+        if store.exists(path):
+            cell.append(store.read_json(path)["test_acc"])
     levels = sorted({lv for _, lv in cells})
     tweaks = sorted({t for t, _ in cells}, key=lambda t: (t != "vanilla", t))
     width = max(len(t) for t in tweaks)
@@ -77,13 +79,13 @@ def run(args: argparse.Namespace) -> int:
                                       max_concurrent_trials=sweep.max_concurrent or None, reuse_actors=True)
         space = spend_space(sweep, parent)
         name = runner.experiment_name(f"{sweep.name}-spends", space)
-        results = runner.run_tuner(name, spend_trainable, sweep, space, tune_config, expected_trials=trials)
+        runner.run_tuner(name, spend_trainable, sweep, space, tune_config, expected_trials=trials)
         if not sweep.asha:  # ASHA stops trials on purpose
             runner.require_stored(sweep, [paths.spend_result(s.key) for s in sweep.spends()], name)
     store = ArtifactStore(sweep.store)
     for ticket in sweep.tickets():  # vanilla LTH per level, from the draw
         print(format_levels(store.read_json(paths.ticket_summary(ticket.key))) + "\n")
-    print(summary_table(results))
+    print(summary_table(sweep, store))
     print(f"\nsweep {sweep.name!r} finished in {runner.elapsed(started)}: {trials} trials.\n"
           f"MLflow UI: {runner.mlflow_ui_hint(sweep)}")
     return 0
