@@ -114,7 +114,13 @@ def cmd_show(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"error: {e}") from None
     if not store.exists(path):
         raise SystemExit(f"error: no finished draw with key {key} in {store.uri}; run `python -m lth_core draw` first")
-    summary = store.read_json(path)
+    from lth_core.lottery import read_draw
+
+    summary, problems = read_draw(key, store)
+    if problems:
+        raise SystemExit(f"error: the draw {key} in {store.uri} has missing or corrupt files ({', '.join(problems[:3])}"
+                         f"{' ...' if len(problems) > 3 else ''}); run `python -m lth_core draw` with its settings "
+                         "to recompute them")
     print(format_levels(summary), file=sys.stderr)
     return summary
 

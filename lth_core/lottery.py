@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
+import numbers
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from lth_core import paths, tweaks
-from lth_core.config import DataConfig, SpendConfig, TicketConfig, to_dict
+from lth_core.config import DataConfig, SpendConfig, TicketConfig, from_dict, to_dict
 from lth_core.data import Dataset, iterate_batches, load_dataset, num_batches
 from lth_core.hooks import Observer, cross_entropy_loss
 from lth_core.masks import Mask
@@ -32,6 +34,8 @@ from lth_core.pruning import prune_to_sparsity
 from lth_core.store import ArtifactStore, CorruptArtifactError
 from lth_core.training import EpochCallback, EpochRecord, Runtime, TrainResult, fit, state_copy
 from lth_core.tweaks.distillation import Teacher, load_teacher
+
+log = logging.getLogger(__name__)
 
 StageCallback = Callable[[str, EpochRecord], None]
 """Progress: (stage name such as 'dense' or 'level 3', the epoch just finished)."""
@@ -43,12 +47,54 @@ def dataset_on(data: DataConfig, device: torch.device) -> Dataset:
     return load_dataset(data).to(device)
 
 
-def _read_if_valid(read: Callable[[str], Any], path: str) -> Any | None:
-    """An artifact, or None when it is missing or fails its checksum (then it is recomputed)."""
+def _read_if_valid(read: Callable[[str], Any], path: str, then: str, warn: bool = True) -> Any | None:
+    """An artifact, or None when it is missing or corrupt; a corrupt one (checksum, format) gets
+    one warning line naming it and what is recomputed (`then`), unless `warn` is off (a first
+    look that is repeated under the lock, where it warns)."""
     try:
         return read(path)
-    except (FileNotFoundError, CorruptArtifactError):
+    except FileNotFoundError:
         return None
+    except (CorruptArtifactError, ValueError, RuntimeError) as e:  # a bad checksum, JSON, safetensors or pickle
+        if warn:
+            log.warning("warning: %s is corrupt (%s); %s", path, str(e).splitlines()[0][:200], then)
+        return None
+
+
+# Required keys and types of the JSON artifacts: valid JSON of another shape counts as corrupt.
+SUMMARY_SHAPE = {"key": str, "config": dict, "dense": dict, "levels": list}
+DENSE_METRICS_SHAPE = {"summary": dict, "history": list}
+LEVEL_METRICS_SHAPE = {"level": int, "sparsity": float, "summary": dict, "history": list}
+RESULT_SHAPE = {"spend_key": str, "ticket_key": str, "level": int, "sparsity": float, "tweak": str,
+                "test_acc": float, "best_val_acc": float, "history": list}
+SUMMARY_FIELDS = {"best_val_acc": float, "test_acc": float}
+
+
+def _read_json(store: ArtifactStore, shape: dict[str, type], then: str) -> Callable[[str], Any]:
+    def read(path: str) -> Any:
+        data = store.read_json(path)
+        problem = _shape_problem(data, shape)
+        if problem is None and "summary" in shape:
+            problem = _shape_problem(data["summary"], SUMMARY_FIELDS, "summary.")
+        if problem is None and shape is SUMMARY_SHAPE:
+            problem = next(filter(None, (_shape_problem(lv, {"level": int, "sparsity": float, **SUMMARY_FIELDS},
+                                                        "levels[].") for lv in data["levels"])), None)
+        if problem is not None:
+            raise CorruptArtifactError(f"valid JSON of the wrong shape: {problem}")
+        return data
+    return read
+
+
+def _shape_problem(data: Any, shape: dict[str, type], prefix: str = "") -> str | None:
+    if not isinstance(data, dict):
+        return f"{prefix or 'the document'} is a {type(data).__name__}, not an object"
+    for key, kind in shape.items():
+        value = data.get(key)
+        ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) if kind is float
+              else isinstance(value, int) and not isinstance(value, bool) if kind is int else isinstance(value, kind))
+        if not ok:
+            return f"{prefix}{key} is {type(value).__name__ if key in data else 'missing'}, not {kind.__name__}"
+    return None
 
 
 def build_ticket_model(ticket: TicketConfig, dataset: Dataset) -> nn.Module:
@@ -63,7 +109,7 @@ def _train_stage(store: ArtifactStore, checkpoint_path: str, model: nn.Module, d
                  ticket: TicketConfig, runtime: Runtime, *, mask: Mask | None, keep_epochs: tuple[int, ...],
                  stage: str, on_stage_epoch: StageCallback | None) -> TrainResult:
     """Train one stage of a draw with the dense recipe, checkpointing each epoch to the store."""
-    resume = _read_if_valid(store.read_torch, checkpoint_path)
+    resume = _read_if_valid(store.read_torch, checkpoint_path, f"{stage} starts from its first epoch")
 
     def on_epoch(record: EpochRecord, payload: Callable[[], dict[str, Any]]) -> None:
         store.write_torch(checkpoint_path, payload())
@@ -78,21 +124,55 @@ def _metrics(result: TrainResult) -> dict[str, Any]:
     return {"summary": result.summary(), "history": [vars(r) for r in result.history]}
 
 
-def draw(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallback | None = None) -> dict[str, Any]:
-    """Run (or read back) the dense run and every pruning level; returns the draw's summary."""
+def draw(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallback | None = None, *,
+         check_files: bool = True) -> dict[str, Any]:
+    """Run (or read back) the dense run and every pruning level; returns the draw's summary.
+
+    A finished draw is read back when its summary and, with `check_files`, every file it consists
+    of are sound (checksums and JSON shapes); otherwise what is missing or corrupt, and what
+    derives from it, is recomputed. A spend passes `check_files=False`: it verifies the files it
+    reads as it reads them."""
     summary_path = paths.ticket_summary(ticket.key)
-    summary = _read_if_valid(store.read_json, summary_path)
-    if summary is not None:
+    then = "the draw is checked and its missing parts recomputed"
+    summary = _read_if_valid(_read_json(store, SUMMARY_SHAPE, then), summary_path, then, warn=False)
+    if summary is not None and (not check_files or not draw_problems(ticket, store)):
         return summary
     with store.lock(paths.ticket_lock(ticket.key)) as lease:
-        summary = _read_if_valid(store.read_json, summary_path)
-        if summary is None:
+        summary = _read_if_valid(_read_json(store, SUMMARY_SHAPE, then), summary_path, then)
+        if summary is None or (check_files and draw_problems(ticket, store)):
             summary = _draw_locked(ticket, store, on_stage_epoch)
             if lease.lost:  # another worker may have drawn beside us: its files and ours can mix
                 store.delete(summary_path)
                 raise RuntimeError(f"lost the lock on ticket {ticket.key} while drawing it (a stalled worker or "
                                    "store); run again: the finished stages are kept and checked")
     return summary
+
+
+def read_draw(key: str, store: ArtifactStore) -> tuple[dict[str, Any] | None, list[str]]:
+    """A finished draw's summary by key, and the files of it that are missing or corrupt."""
+    try:
+        summary = _read_json(store, SUMMARY_SHAPE, "")(paths.ticket_summary(key))
+        ticket = from_dict(TicketConfig, summary["config"])
+    except (FileNotFoundError, CorruptArtifactError, ValueError) as e:
+        return None, [f"{paths.ticket_summary(key)} ({str(e).splitlines()[0][:120]})"]
+    return summary, draw_problems(ticket, store)
+
+
+def draw_problems(ticket: TicketConfig, store: ArtifactStore) -> list[str]:
+    """The files of a finished draw that are missing or corrupt (checksum or JSON shape)."""
+    key = ticket.key
+    tensors = [paths.rewind_weights(key, e) for e in ticket.rewind_epochs] + [paths.dense_final(key)]
+    jsons = [(paths.dense_metrics(key), DENSE_METRICS_SHAPE)]
+    for level in range(1, ticket.num_levels + 1):
+        tensors += [paths.level_mask(key, level), paths.level_final(key, level)]
+        jsons.append((paths.level_metrics(key, level), LEVEL_METRICS_SHAPE))
+    problems = [p for p in tensors if not store.verify(p)]
+    for path, shape in jsons:
+        try:
+            _read_json(store, shape, "")(path)
+        except (FileNotFoundError, CorruptArtifactError, ValueError):
+            problems.append(path)
+    return problems
 
 
 def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallback | None) -> dict[str, Any]:
@@ -103,8 +183,12 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
 
     levels_range = range(1, ticket.num_levels + 1)
     dense_files = [paths.rewind_weights(key, e) for e in ticket.rewind_epochs] + [paths.dense_final(key)]
-    dense_metrics = _read_if_valid(store.read_json, paths.dense_metrics(key))
-    if dense_metrics is None or not all(store.verify(p) for p in dense_files):
+    then = "the dense run and every level are recomputed"
+    dense_metrics = _read_if_valid(_read_json(store, DENSE_METRICS_SHAPE, then), paths.dense_metrics(key), then)
+    bad = [p for p in dense_files if store.exists(p) and not store.verify(p)]
+    for path in bad:
+        log.warning("warning: %s is corrupt (checksum); %s", path, then)
+    if dense_metrics is None or bad or not all(store.exists(p) for p in dense_files):
         for level in levels_range:  # every level derives from the dense run
             store.delete(paths.level_dir(key, level))
         model = runtime.prepare(build_ticket_model(ticket, dataset))
@@ -125,9 +209,14 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
     model = runtime.prepare(build_ticket_model(ticket, dataset))
     prev_mask = Mask.ones_like(model, pruning.prune_linear)
     for level, sparsity in zip(levels_range, pruning.level_sparsities()):
-        mask = _read_if_valid(_read_mask(store), paths.level_mask(key, level))
-        metrics = _read_if_valid(store.read_json, paths.level_metrics(key, level))
-        if mask is None or metrics is None or not store.verify(paths.level_final(key, level)):
+        then = (f"level {level} and the levels after it are recomputed" if pruning.method == "imp"
+                else f"level {level} is recomputed")
+        mask = _read_if_valid(_read_mask(store), paths.level_mask(key, level), then)
+        metrics = _read_if_valid(_read_json(store, LEVEL_METRICS_SHAPE, then), paths.level_metrics(key, level), then)
+        final = paths.level_final(key, level)
+        if store.exists(final) and not store.verify(final):
+            log.warning("warning: %s is corrupt (checksum); %s", final, then)
+        if mask is None or metrics is None or not store.verify(final):
             if pruning.method == "imp":  # later IMP levels are pruned from this one's weights
                 for later in range(level + 1, ticket.num_levels + 1):
                     store.delete(paths.level_dir(key, later))
@@ -160,7 +249,7 @@ def load_level(ticket: TicketConfig, level: int, store: ArtifactStore) -> Mask |
     """The mask of a drawn level (None for level 0, the dense net)."""
     if level == 0:
         return None
-    return _read_mask(store)(paths.level_mask(ticket.key, level))
+    return _read_mask(store)(paths.level_mask(ticket.key, level))  # raises when corrupt: the caller redraws
 
 
 @dataclass
@@ -212,15 +301,16 @@ def prepare_spend(spend: SpendConfig, store: ArtifactStore, *, with_init: bool =
     runtime = Runtime.resolve(spend.train_recipe)
     dataset = dataset_on(spend.ticket.data, runtime.device)
     for attempt in (1, 2):
-        run = SpendRun(spend, store, runtime, dataset, draw_summary=draw(spend.ticket, store, on_stage_epoch),
-                       started=started)
+        summary = draw(spend.ticket, store, on_stage_epoch, check_files=False)  # files are verified as read
+        run = SpendRun(spend, store, runtime, dataset, draw_summary=summary, started=started)
         try:
             run.model, run.mask = _starting_model(run)
             break
-        except (FileNotFoundError, CorruptArtifactError):
+        except (FileNotFoundError, CorruptArtifactError) as e:
             if attempt == 2:
                 raise
-            # A ticket file went missing or bad after the draw finished: check and redo the draw.
+            log.warning("warning: a file of ticket %s is missing or corrupt (%s); the draw is checked and its "
+                        "missing parts recomputed", spend.ticket.key, str(e).splitlines()[0][:200])
             store.delete(paths.ticket_summary(spend.ticket.key))
     if with_init:
         for tweak, value in spend.tweaks.active():
@@ -308,25 +398,51 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: EpochCallback |
           on_stage_epoch: StageCallback | None = None, observers: Sequence[Observer] = ()) -> dict[str, Any]:
     """Re-train one (ticket, level, tweaks) combination and return its result.
 
-    A finished spend is read back from the store when it holds what every observer would record
-    (`Observer.covers`). Otherwise: prepare (drawing the ticket if needed), train, record.
-    `resume` (a checkpoint payload) continues a spend; without one, the store's checkpoint does.
+    A finished spend is read back from the store when it is sound and holds what every observer
+    would record (`finished_spend`). Otherwise, under the spend's lock (identical spends train
+    once; the others wait and read the result): prepare (drawing the ticket if needed), train,
+    record. `resume` (a checkpoint payload) continues a spend; without one, the store's does.
     """
     if resume is not None and resume.get("spend_key", spend.key) != spend.key:
         raise ValueError(f"the checkpoint belongs to spend {resume['spend_key']}, not {spend.key}")
-    cached = _read_if_valid(store.read_json, paths.spend_result(spend.key))
-    if (cached is not None and store.exists(paths.spend_weights(spend.key))
-            and all(o.covers(cached.get(o.name)) for o in observers)):
+    cached = finished_spend(spend, store, observers, warn=False)
+    if cached is not None:
         return cached
-    if resume is None and persist_checkpoints:
-        resume = _read_if_valid(store.read_torch, paths.spend_checkpoint(spend.key))
-    run = prepare_spend(spend, store, with_init=resume is None, on_stage_epoch=on_stage_epoch)
-    result = train_spend(run, resume=resume, persist_checkpoints=persist_checkpoints, on_epoch=on_epoch,
-                         on_stage_epoch=on_stage_epoch, observers=observers)
-    out = record_spend(run, result, observers)
+    with store.lock(paths.spend_lock(spend.key)) as lease:  # identical spends train once
+        cached = finished_spend(spend, store, observers)  # another worker may have finished it meanwhile
+        if cached is not None:
+            return cached
+        if resume is None and persist_checkpoints:
+            resume = _read_if_valid(store.read_torch, paths.spend_checkpoint(spend.key),
+                                    "the spend starts from its first epoch")
+        run = prepare_spend(spend, store, with_init=resume is None, on_stage_epoch=on_stage_epoch)
+        result = train_spend(run, resume=resume, persist_checkpoints=persist_checkpoints, on_epoch=on_epoch,
+                             on_stage_epoch=on_stage_epoch, observers=observers)
+        out = record_spend(run, result, observers)
+        if lease.lost:  # another worker may have written the same spend beside us
+            store.delete(paths.spend_result(spend.key))
+            raise RuntimeError(f"lost the lock on spend {spend.key} while training it (a stalled worker or "
+                               "store); run again")
     if persist_checkpoints:
         store.delete(paths.spend_checkpoint(spend.key))
     return out
+
+
+def finished_spend(spend: SpendConfig, store: ArtifactStore, observers: Sequence[Observer] = (),
+                   warn: bool = True) -> dict | None:
+    """A finished spend's result when it and its weights are sound and it holds what every observer
+    records; None otherwise (a corrupt one is named in one warning line and trained again)."""
+    then = "the spend is trained again"
+    result = _read_if_valid(_read_json(store, RESULT_SHAPE, then), paths.spend_result(spend.key), then, warn)
+    if result is None:
+        return None
+    weights = paths.spend_weights(spend.key)
+    if not store.verify(weights):
+        if warn:
+                log.warning("warning: %s is %s; %s", weights, "corrupt (checksum)" if store.exists(weights) else "missing",
+                        then)
+        return None
+    return result if all(o.covers(result.get(o.name)) for o in observers) else None
 
 
 def _check_mask_holds(model: nn.Module, mask: Mask) -> None:

@@ -19,7 +19,8 @@ takes the key as a string, so a caller holding only a key (`python -m lth_core s
     spends/<key>/result.json                         a finished spend, written last
     spends/<key>/checkpoint.pt                       the spend's last epoch, while it trains
 
-and the lock `ticket-<key>` (`ArtifactStore.lock`) makes a draw single-flight.
+and the locks `ticket-<key>` and `spend-<key>` (`ArtifactStore.lock`) make draws and spends
+single-flight.
 Stores written with this layout must stay readable: change a string here only
 together with a migration of existing stores.
 """
@@ -129,3 +130,8 @@ def spend_result(key: str) -> str:
 def spend_checkpoint(key: str) -> str:
     """The spend's per-epoch checkpoint (CLI spends), deleted once the spend is finished."""
     return f"{spend_dir(key)}/checkpoint.pt"
+
+
+def spend_lock(key: str) -> str:
+    """The lock name that makes identical spends single-flight."""
+    return f"spend-{_key(key)}"

@@ -31,6 +31,7 @@ PINNED = [
     (paths.level_checkpoint(K, 3), "tickets/0123abcd/level_3/checkpoint.pt"),
     (paths.ticket_summary(K), "tickets/0123abcd/summary.json"),
     (paths.ticket_lock(K), "ticket-0123abcd"),
+    (paths.spend_lock(K), "spend-0123abcd"),
     (paths.spend_dir(K), "spends/0123abcd"),
     (paths.spend_weights(K), "spends/0123abcd/final.safetensors"),
     (paths.spend_result(K), "spends/0123abcd/result.json"),
