@@ -20,9 +20,9 @@ from lth_core.training import fit
 
 @pytest.fixture
 def store(drawn, tmp_path):
-    """A private copy of the shared tiny draw (and nothing spent yet)."""
+    """A private copy of the shared tiny draw, without the spends other tests made in it."""
     source, ticket, _ = drawn
-    shutil.copytree(source.local_path(), tmp_path / "store")
+    shutil.copytree(source.local_path() / paths.TICKETS, tmp_path / "store" / paths.TICKETS)
     return ArtifactStore(str(tmp_path / "store")), ticket
 
 
