@@ -15,7 +15,9 @@ store. Three rules keep that safe:
 Paths inside the store are relative POSIX strings such as
 ``tickets/<key>/level_3/mask.safetensors``. Names starting with ``.`` and names ending
 in ``.sha256`` are reserved for temporary files and sidecars; the top-level ``locks/``
-folder holds the lock files.
+folder holds the lock files. On a local folder every path must stay inside the root once
+symlinks are followed (`OutsideStoreError`), so a link in a shared store cannot make a
+worker read, overwrite or delete files elsewhere.
 """
 
 from __future__ import annotations
@@ -46,12 +48,17 @@ log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".sha256"
 LOCKS_DIR = "locks"
 _TMP_MARK = ".tmp-"
+_GUARD_SUFFIX = ".guard"
 # Object stores do not need folders to exist; creating them there costs a request per write.
 _OBJECT_STORES = ("s3", "gcs")
 
 
 class CorruptArtifactError(RuntimeError):
     """A stored file is incomplete (no checksum sidecar) or does not match its checksum."""
+
+
+class OutsideStoreError(ValueError):
+    """A path of a local store leads out of its root through a symlink."""
 
 
 class LockTimeout(TimeoutError):
@@ -162,8 +169,12 @@ class ArtifactStore:
         if self._fs.get_file_info(base).type != pafs.FileType.Directory:
             return []
         infos = self._fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        files = {info.path for info in infos if info.type == pafs.FileType.File}
         start = len(self._root) + 1
+        if self._local_root is not None:  # the listing follows symlinked folders: none may lead out
+            for info in infos:
+                if os.path.islink(info.path):
+                    self._check_inside(info.path, info.path[start:])
+        files = {info.path for info in infos if info.type == pafs.FileType.File}
         return sorted(
             p[start:] for p in files
             if not p.endswith(SIDECAR_SUFFIX) and p + SIDECAR_SUFFIX in files
@@ -231,6 +242,7 @@ class ArtifactStore:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
         lock_path = self._full(f"{LOCKS_DIR}/{_check_relative(name)}.lock")
         if self._local_root is not None:
+            self._check_inside(lock_path + _GUARD_SUFFIX, f"{LOCKS_DIR}/{name}.lock{_GUARD_SUFFIX}")
             backend: _LockBackend = _LocalLockFile(Path(lock_path))
         else:
             backend = _ObjectStoreLockFile(self._fs, lock_path, self.lock_settle_seconds)
@@ -252,7 +264,23 @@ class ArtifactStore:
     # -------------------------------------------------------------- internals
 
     def _full(self, relative: str) -> str:
-        return f"{self._root}/{relative}" if relative else self._root
+        """The path in the filesystem; on a local store it and its sidecar must resolve inside the root."""
+        if not relative:
+            return self._root
+        full = f"{self._root}/{relative}"
+        self._check_inside(full, relative)
+        self._check_inside(full + SIDECAR_SUFFIX, relative + SIDECAR_SUFFIX)
+        return full
+
+    def _check_inside(self, full: str, relative: str) -> None:
+        """Raise OutsideStoreError when `full` (a symlink, or a folder on the way that is one) resolves
+        outside a local store's root. Object stores have no symlinks."""
+        if self._local_root is None:
+            return
+        real = os.path.realpath(full)
+        if real != self._root and not real.startswith(self._root + "/"):
+            raise OutsideStoreError(f"store path {relative!r} leads out of the store {self._root} to {real} "
+                                    "(a symlink); remove the link, or store the files inside the store's folder")
 
     def _put_atomic(self, full: str, data: bytes) -> None:
         tmp = f"{_parent(full)}/.{full.rsplit('/', 1)[-1]}{_TMP_MARK}{uuid.uuid4().hex}"
@@ -335,7 +363,7 @@ class _LocalLockFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self.guard_path = path.with_name(path.name + ".guard")
+        self.guard_path = path.with_name(path.name + _GUARD_SUFFIX)
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def try_acquire(self, record: dict[str, Any], lease_seconds: float) -> bool:

@@ -25,6 +25,9 @@ class SweepError(RuntimeError):
     """A sweep cannot start or did not finish; the message says what to do."""
 
 
+LOOPBACK = "127.0.0.1"
+
+
 def init_ray(sweep: SweepConfig) -> None:
     """In-process Ray for 'local' (never a foreign cluster by accident), else join the given one."""
     import ray
@@ -32,14 +35,36 @@ def init_ray(sweep: SweepConfig) -> None:
     if ray.is_initialized():
         return
     if sweep.ray_address == "local":
-        ray.init(address="local", num_cpus=sweep.num_cpus or None, include_dashboard=False,
+        _init_local_ray(ray, sweep)
+        return
+    try:
+        ray.init(address=sweep.ray_address, log_to_driver=False)
+    except (ValueError, ConnectionError) as e:
+        shown = redact(sweep.ray_address)
+        raise SweepError(f"cannot join the Ray cluster at {shown!r} ({str(e).replace(sweep.ray_address, shown)}); "
+                         "check --ray-address, or use --ray-address local for an in-process Ray") from None
+
+
+def _init_local_ray(ray: Any, sweep: SweepConfig) -> None:
+    """An in-process Ray that only this machine can reach: every Ray process listens on 127.0.0.1
+    (an open port of a Ray node runs any code it is sent), no dashboard, and no usage stats
+    unless the user asked for them (RAY_USAGE_STATS_ENABLED).
+
+    On Linux Ray turns a node address of 127.0.0.1 into the host's outward address, and its
+    servers then listen on all interfaces; only its single-machine mode (the default on macOS
+    and Windows, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) keeps the loopback address. Ray reads
+    that variable when it is imported, so the flag is set on the module for the start."""
+    from ray._private import ray_constants
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", _node_ip_address=LOOPBACK, num_cpus=sweep.num_cpus or None,
+                 include_dashboard=False, dashboard_host=LOOPBACK,
                  log_to_driver=False, configure_logging=True, logging_level="WARNING")
-    else:
-        try:
-            ray.init(address=sweep.ray_address, log_to_driver=False)
-        except (ValueError, ConnectionError) as e:
-            raise SweepError(f"cannot join the Ray cluster at {sweep.ray_address!r} ({e}); check --ray-address, "
-                             "or use --ray-address local for an in-process Ray") from None
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
 
 
 def check_resources(sweep: SweepConfig) -> None:
@@ -87,7 +112,7 @@ def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: d
     wrapped = tune.with_resources(trainable, resources(sweep))
     restored = tune.Tuner.can_restore(path)
     if restored:
-        print(f"restoring {name} from {path}", file=sys.stderr)
+        print(f"restoring {name} from {redact(path)}", file=sys.stderr)
         tuner = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space, resume_errored=True)
     else:
         tuner = tune.Tuner(wrapped, param_space=param_space, tune_config=tune_config or tune.TuneConfig(),
@@ -152,9 +177,9 @@ def plan_text(sweep: SweepConfig, trials: int, kind: str) -> str:
              f"  trials:  {trials}",
              f"  per trial: {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU"
              + (f", at most {sweep.max_concurrent} at once" if sweep.max_concurrent else ""),
-             f"  store:   {sweep.store}",
+             f"  store:   {redact(sweep.store)}",
              f"  mlflow:  {redact(sweep.tracking_uri)} (experiment {layout.experiment_name(sweep.name, kind)!r})",
-             f"  ray:     {sweep.ray_address}, results in {sweep.results_dir}"]
+             f"  ray:     {redact(sweep.ray_address)}, results in {redact(sweep.results_dir)}"]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ Ray / MLflow / torch versions agreeing with pyproject.toml.
 
 from __future__ import annotations
 
+import configparser
 import re
 import tomllib
 from pathlib import Path
@@ -23,6 +24,7 @@ COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
 ENV_EXAMPLE = DOCKER / ".env.example"
 RAYCLUSTER = DOCKER / "kuberay" / "raycluster.yaml"
+MLFLOW_AUTH_INI = DOCKER / "mlflow-basic-auth.ini"
 
 SERVICES = {"ray-head", "ray-worker", "mlflow", "postgres", "minio", "minio-init"}
 ONE_SHOT = {"minio-init"}
@@ -32,6 +34,7 @@ SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY", re.IGNORECASE)
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?message}, ${VAR?message}
 SUBST = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 REQUIRED_SUBST = re.compile(r"^\$\{(\w+):\?[^}]*\}$")
+PASSWORD_IN_URI = re.compile(r"://[^/\s:@]+:[^/\s@]+@")  # scheme://user:password@host
 PINNED = ("ray", "mlflow", "torch", "torchvision")
 
 
@@ -221,6 +224,37 @@ def test_commands(services):
     assert re.search(r"mc mb --ignore-existing local/mlflow local/tickets", init)
 
 
+def test_mlflow_requires_a_login_given_through_the_environment(services):
+    """MLflow's basic-auth app is on; the server's admin is the account the Ray nodes log in with,
+    through MLFLOW_TRACKING_USERNAME/PASSWORD (read by the MLflow client), never the URI."""
+    mlflow = services["mlflow"]
+    assert flag(command_text(mlflow), "app-name") == "basic-auth"
+    server = environment(mlflow)
+    for name in RAY_NODES:
+        client = environment(services[name])
+        assert "@" not in client["MLFLOW_TRACKING_URI"]
+        assert client["MLFLOW_TRACKING_USERNAME"] == server["MLFLOW_AUTH_ADMIN_USERNAME"]
+        assert client["MLFLOW_TRACKING_PASSWORD"] == server["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert server["MLFLOW_FLASK_SERVER_SECRET_KEY"]  # the auth app refuses to start without it
+    # the configuration is mounted where MLFLOW_AUTH_CONFIG_PATH points, read-only
+    mounts = {target: (source, mode) for source, target, *mode in (v.split(":") for v in mlflow["volumes"])}
+    source, mode = mounts[server["MLFLOW_AUTH_CONFIG_PATH"]]
+    assert (COMPOSE.parent / source).resolve() == MLFLOW_AUTH_INI and mode == ["ro"]
+    ini = configparser.ConfigParser()
+    ini.read_string(MLFLOW_AUTH_INI.read_text())
+    auth = ini["mlflow"]
+    assert auth["default_permission"] in ("READ", "NO_PERMISSIONS")
+    # users outlive the stateless container: in the PostgreSQL service, password through PGPASSWORD
+    assert auth["database_uri"] == flag(command_text(mlflow), "backend-store-uri")
+    assert not PASSWORD_IN_URI.search(auth["database_uri"])
+    assert "admin_password" not in auth, "the admin password comes from docker/.env, not a file in git"
+    # /health is open under basic-auth: the health check sends no credentials and needs none
+    assert "/health" in " ".join(mlflow["healthcheck"]["test"])
+    # the auth app's CSRF protection needs Flask-WTF, which MLflow only pulls in with its `auth` extra
+    runs = " ".join(args for word, args in dockerfile_instructions() if word == "RUN")
+    assert re.search(r"[\"']Flask-WTF[<>=,.\d]*[\"']", runs, re.IGNORECASE)
+
+
 def test_published_ports_are_bound_to_localhost(services):
     published = {}
     for name, svc in services.items():
@@ -315,7 +349,9 @@ def test_no_literal_secrets_in_compose(raw):
             if SECRET_NAME.search(key):
                 assert REQUIRED_SUBST.match(value), f"{name}.{key} must be ${{VAR:?...}}, not a literal"
         cmd = command_text(svc)
-        assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", cmd), f"{name}: credentials in a URI"
+        assert not PASSWORD_IN_URI.search(cmd), f"{name}: credentials in a URI"
+        for key, value in environment(svc).items():
+            assert not PASSWORD_IN_URI.search(value), f"{name}.{key}: credentials in a URI"
         assert "env_file" not in svc or all(".example" not in str(f) for f in svc["env_file"])
     text = COMPOSE.read_text()
     for line in text.splitlines():  # no secret-looking KEY: value outside ${...}
@@ -345,7 +381,8 @@ def test_env_example_defines_every_variable_compose_reads(raw):
     text = ENV_EXAMPLE.read_text()
     required = {v for v, op in used.items() if op in (":?", "?")}
     assert required >= {"POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD",
-                        "LTH_S3_ACCESS_KEY", "LTH_S3_SECRET_KEY", "RAY_AUTH_TOKEN"}
+                        "LTH_S3_ACCESS_KEY", "LTH_S3_SECRET_KEY", "RAY_AUTH_TOKEN",
+                        "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"}
     for var in required:
         assert var in defined, f"{var} is required by compose.yaml but not in .env.example"
         assert defined[var] == "", f"{var}: .env.example must not ship a usable secret"
@@ -356,7 +393,8 @@ def test_env_example_defines_every_variable_compose_reads(raw):
 def test_compose_refuses_to_start_without_secrets(raw):
     env = filled_env()
     interpolate(raw, env)  # complete: renders
-    for var in ("POSTGRES_PASSWORD", "RAY_AUTH_TOKEN", "LTH_S3_SECRET_KEY"):
+    for var in ("POSTGRES_PASSWORD", "RAY_AUTH_TOKEN", "LTH_S3_SECRET_KEY", "MLFLOW_TRACKING_PASSWORD",
+                "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         with pytest.raises(KeyError, match=var):
             interpolate(raw, {**env, var: ""})
 
@@ -478,6 +516,9 @@ def test_cluster_guide_covers_the_workflow():
         "--data-root /data",
         "RAY_AUTH_MODE=token",
         "RAY_AUTH_TOKEN",
+        "--app-name basic-auth",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
         "http://127.0.0.1:5000",
         "ray status",
         "Tuner.restore",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lth_core.store import ArtifactStore, CorruptArtifactError, LockTimeout
+from lth_core.store import ArtifactStore, CorruptArtifactError, LockTimeout, OutsideStoreError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,6 +101,84 @@ def test_read_torch_refuses_arbitrary_objects(store: ArtifactStore):
 def test_rejects_bad_paths(store: ArtifactStore, bad: str):
     with pytest.raises(ValueError):
         store.write_bytes(bad, b"")
+
+
+
+# ---------------------------------------------------------- symlinks out of the root
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the store with a file a link could expose, overwrite or delete."""
+    folder = tmp_path / "outside"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "secret.bin").write_bytes(b"not the store's")
+    (folder / "sub" / "secret.bin.sha256").write_text("0" * 64 + "\n")
+    return folder
+
+
+def test_a_symlinked_folder_out_of_the_root_is_refused(store: ArtifactStore, outside: Path):
+    root = store.local_path()
+    (root / "tickets").mkdir()
+    (root / "tickets" / "k").symlink_to(outside)  # a folder on the way leads out
+    with pytest.raises(OutsideStoreError, match="'tickets/k/sub/secret.bin' leads out of the store"):
+        store.read_bytes("tickets/k/sub/secret.bin")
+    for attempt in (lambda: store.write_bytes("tickets/k/sub/new.bin", b"x"),
+                    lambda: store.exists("tickets/k/sub/secret.bin"),
+                    lambda: store.delete("tickets/k/sub"),
+                    lambda: store.delete("tickets/k/sub/secret.bin"),
+                    lambda: store.list("tickets/k"),
+                    lambda: store.list("tickets"),  # found while listing, not only named
+                    lambda: store.list("")):
+        with pytest.raises(OutsideStoreError):
+            attempt()
+    assert sorted(p.name for p in (outside / "sub").iterdir()) == ["secret.bin", "secret.bin.sha256"]
+
+
+def test_a_symlinked_file_or_sidecar_out_of_the_root_is_refused(store: ArtifactStore, outside: Path):
+    root = store.local_path()
+    store.write_bytes("a/x.bin", b"mine")
+    (root / "a" / "leak.bin").symlink_to(outside / "sub" / "secret.bin")
+    (root / "a" / "leak.bin.sha256").write_text("0" * 64 + "\n")
+    with pytest.raises(OutsideStoreError, match="a/leak.bin"):
+        store.read_bytes("a/leak.bin")
+    with pytest.raises(OutsideStoreError):
+        store.write_bytes("a/leak.bin", b"overwrite")
+    (root / "a" / "x.bin.sha256").unlink()
+    (root / "a" / "x.bin.sha256").symlink_to(outside / "sub" / "secret.bin.sha256")
+    with pytest.raises(OutsideStoreError, match=r"a/x.bin.sha256"):
+        store.read_bytes("a/x.bin")
+    assert (outside / "sub" / "secret.bin").read_bytes() == b"not the store's"
+
+
+def test_a_lock_through_a_symlink_out_of_the_root_is_refused(store: ArtifactStore, outside: Path):
+    locks = store.local_path() / "locks"
+    locks.mkdir()
+    (locks / "job.lock.guard").symlink_to(outside / "created-by-the-lock")  # opening it would create that
+    with pytest.raises(OutsideStoreError, match="locks/job.lock.guard"):
+        with store.lock("job", timeout=0):
+            pass
+    locks.rename(locks.with_name("old-locks"))
+    locks.symlink_to(outside)  # the whole lock folder
+    with pytest.raises(OutsideStoreError, match="locks/other.lock"):
+        with store.lock("other", timeout=0):
+            pass
+    assert sorted(p.name for p in outside.iterdir()) == ["sub"]
+
+
+def test_symlinks_inside_the_root_still_work(store: ArtifactStore):
+    root = store.local_path()
+    store.write_bytes("real/x.bin", b"data")
+    (root / "alias").symlink_to(root / "real")  # absolute target, inside the root
+    (root / "real" / "y.bin").symlink_to("x.bin")  # relative target, same folder
+    (root / "real" / "y.bin.sha256").symlink_to("x.bin.sha256")
+    assert store.read_bytes("alias/x.bin") == store.read_bytes("real/y.bin") == b"data"
+    store.write_bytes("alias/z.bin", b"more")
+    assert store.read_bytes("real/z.bin") == b"more"
+    assert store.list("alias") == ["alias/x.bin", "alias/y.bin", "alias/z.bin"]
+    with store.lock("job", timeout=0):
+        pass
+    (root.parent / "linked-root").symlink_to(root)  # the root itself may be a link
+    assert ArtifactStore(str(root.parent / "linked-root")).read_bytes("real/x.bin") == b"data"
 
 
 # ---------------------------------------------------------- atomicity, checksums

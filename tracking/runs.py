@@ -102,7 +102,7 @@ def ui_hint(tracking_uri: str, experiment: str) -> str:
     """How to look at an experiment's runs."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {redact(tracking_uri)} and pick the experiment {experiment!r}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}  # then open http://127.0.0.1:5000"
+    return f"mlflow ui --backend-store-uri {redact(tracking_uri)}  # then open http://127.0.0.1:5000"
 
 
 # ------------------------------------------------------------------------ the parent run
