@@ -78,15 +78,8 @@ def to_flat(tweaks: Any) -> dict[str, Flat]:
 def from_flat(flat: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> Any:
     """A TweakConfig from `base` (a TweakConfig dict) with the flat values of `flat` laid over it;
     keys of `flat` that name no tweak are ignored (a trial dict holds other settings too)."""
-    data = dict(base or {})
-    for name, value in flat.items():
-        if name in TWEAKS:
-            data[name] = TWEAKS[name].as_config_value(value)
-    return from_dict(TweakConfig, data, "tweaks.")
-
-
-def default_search_space() -> dict[str, tuple[Flat, ...]]:
-    return {t.name: t.search for t in REGISTRY}
+    data = {**(base or {}), **{name: value for name, value in flat.items() if name in TWEAKS}}
+    return from_dict(TweakConfig, data, "tweaks.")  # each field reads its flat spellings (`Tweak.decode`)
 
 
 # --- what a spend does with them -----------------------------------------------------------------
