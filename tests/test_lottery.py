@@ -141,7 +141,7 @@ from lth_core.config import PruneConfig, RecipeConfig
 from lth_core.lottery import draw
 from lth_core.store import ArtifactStore
 ticket = tiny_ticket(recipe=RecipeConfig(epochs=4, batch_size=128, device="cpu"), pruning=PruneConfig(levels=1))
-print(draw(ticket, ArtifactStore(sys.argv[1]))["key"])
+draw(ticket, ArtifactStore(sys.argv[1]), lambda stage, record: print(stage, record.epoch, flush=True))
 """
 
 
@@ -159,7 +159,11 @@ def test_a_draw_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / paths.ticket_summary(key)).exists(), "the draw finished before it was killed"
-    subprocess.run([sys.executable, "-c", KILLED_DRAW, str(killed)], env=env, check=True, capture_output=True)
+    done = ArtifactStore(str(killed)).read_torch(paths.dense_checkpoint(key))["epoch"]
+    rerun = subprocess.run([sys.executable, "-c", KILLED_DRAW, str(killed)], env=env, check=True,
+                           capture_output=True, text=True)
+    dense_epochs = [int(line.split()[1]) for line in rerun.stdout.splitlines() if line.startswith("dense ")]
+    assert dense_epochs == list(range(done + 1, 5)), "the resumed draw must train only the epochs after its checkpoint"
     a, b = ArtifactStore(str(whole)), ArtifactStore(str(killed))
     for path in (paths.dense_final(key), paths.level_final(key, 1)):
         wa, wb = a.read_tensors(path), b.read_tensors(path)

@@ -347,7 +347,9 @@ def test_a_spend_resumed_from_its_checkpoint_ends_like_an_uninterrupted_one(grid
     payload = checkpoint_after_epoch_1(cfg, store)
     assert payload["epoch"] == 1 and not store.exists(f"spends/{cfg.key}/result.json")
     assert not store.exists(f"spends/{cfg.key}/checkpoint.pt")  # persist_checkpoints=False: Ray keeps it
-    spend(cfg, store, resume=payload, persist_checkpoints=False)
+    ran = []
+    spend(cfg, store, resume=payload, persist_checkpoints=False, on_epoch=lambda record, _: ran.append(record.epoch))
+    assert ran == list(range(2, EPOCHS + 1)), "a resumed spend trains only the epochs after its checkpoint"
     assert_same_spend(store, grid.store, cfg.key)  # the grid ran it without interruption
 
 

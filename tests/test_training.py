@@ -44,7 +44,10 @@ def test_resume_from_a_checkpoint_gives_identical_weights():
     # "Kill" after epoch 1: a fresh model resumes from that epoch's checkpoint.
     _, fresh = setup()
     fresh.load_state_dict(start)
-    resumed = fit(fresh, data, RECIPE, seed=3, runtime=runtime, keep_epochs=(0, 1), resume=payloads[1])
+    ran = []
+    resumed = fit(fresh, data, RECIPE, seed=3, runtime=runtime, keep_epochs=(0, 1), resume=payloads[1],
+                  on_epoch=lambda record, payload: ran.append(record.epoch))
+    assert ran == [2, 3], "a resumed fit trains only the epochs after its checkpoint"
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, uninterrupted[k]), k
     assert [r.epoch for r in resumed.history] == [1, 2, 3]
