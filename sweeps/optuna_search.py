@@ -41,7 +41,8 @@ Output: a table of the best combination per level on stdout; in the MLflow exper
 masked, `optuna_study_prefix`) the metrics `best_val_acc` and `best_test_acc` (step = level) and
 the artifact `optuna_best.json`; every study gets the user attributes `sweep_name`, `level`,
 `ticket_key`, `sparsity`. Two trials TPE gives the same combination share one spend: run one after
-the other, the second reads the first's result back from the store; run at once, both train it.
+the other, the second reads the first's result back from the store; run at once, the second waits for
+the first (the spend's lock in the store) and reads it back too.
 """
 
 from __future__ import annotations
