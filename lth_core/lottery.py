@@ -61,6 +61,16 @@ def _read_if_valid(read: Callable[[str], Any], path: str, then: str, warn: bool 
         return None
 
 
+def _sound(store: ArtifactStore, path: str, then: str, *, warn: bool = True, expected: bool = False) -> bool:
+    """True when the file is there and matches its checksum (hashed once). A corrupt one, or with
+    `expected` a missing one, gets one warning line naming it and what is recomputed (`then`)."""
+    if store.verify(path):
+        return True
+    if warn and (expected or store.exists(path)):
+        log.warning("warning: %s is %s; %s", path, "corrupt (checksum)" if store.exists(path) else "missing", then)
+    return False
+
+
 # Required keys and types of the JSON artifacts: valid JSON of another shape counts as corrupt.
 SUMMARY_SHAPE = {"key": str, "config": dict, "dense": dict, "levels": list}
 DENSE_METRICS_SHAPE = {"summary": dict, "history": list}
@@ -185,10 +195,8 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
     dense_files = [paths.rewind_weights(key, e) for e in ticket.rewind_epochs] + [paths.dense_final(key)]
     then = "the dense run and every level are recomputed"
     dense_metrics = _read_if_valid(_read_json(store, DENSE_METRICS_SHAPE, then), paths.dense_metrics(key), then)
-    bad = [p for p in dense_files if store.exists(p) and not store.verify(p)]
-    for path in bad:
-        log.warning("warning: %s is corrupt (checksum); %s", path, then)
-    if dense_metrics is None or bad or not all(store.exists(p) for p in dense_files):
+    dense_sound = all([_sound(store, p, then) for p in dense_files])  # a list: each corrupt file is named
+    if dense_metrics is None or not dense_sound:
         for level in levels_range:  # every level derives from the dense run
             store.delete(paths.level_dir(key, level))
         model = runtime.prepare(build_ticket_model(ticket, dataset))
@@ -213,10 +221,8 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
                 else f"level {level} is recomputed")
         mask = _read_if_valid(_read_mask(store), paths.level_mask(key, level), then)
         metrics = _read_if_valid(_read_json(store, LEVEL_METRICS_SHAPE, then), paths.level_metrics(key, level), then)
-        final = paths.level_final(key, level)
-        if store.exists(final) and not store.verify(final):
-            log.warning("warning: %s is corrupt (checksum); %s", final, then)
-        if mask is None or metrics is None or not store.verify(final):
+        final_sound = _sound(store, paths.level_final(key, level), then)
+        if mask is None or metrics is None or not final_sound:
             if pruning.method == "imp":  # later IMP levels are pruned from this one's weights
                 for later in range(level + 1, ticket.num_levels + 1):
                     store.delete(paths.level_dir(key, later))
@@ -436,11 +442,7 @@ def finished_spend(spend: SpendConfig, store: ArtifactStore, observers: Sequence
     result = _read_if_valid(_read_json(store, RESULT_SHAPE, then), paths.spend_result(spend.key), then, warn)
     if result is None:
         return None
-    weights = paths.spend_weights(spend.key)
-    if not store.verify(weights):
-        if warn:
-                log.warning("warning: %s is %s; %s", weights, "corrupt (checksum)" if store.exists(weights) else "missing",
-                        then)
+    if not _sound(store, paths.spend_weights(spend.key), then, warn=warn, expected=True):
         return None
     return result if all(o.covers(result.get(o.name)) for o in observers) else None
 
