@@ -34,7 +34,7 @@ report-optuna: setup
 	$(PY) -m dashboards.report --experiment smoke-optuna
 
 bench: setup
-	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/throughput.py && $(PY) benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) artifacts reports analysis mlflow.db mlartifacts optuna.db .pytest_cache
+	rm -rf $(VENV) artifacts reports analysis mlflow.db mlartifacts optuna.db ray_results .pytest_cache

@@ -19,6 +19,7 @@ from lth_core import tweaks
 from lth_core.tweaks import REGISTRY, VANILLA
 
 SETTING_PARAMS = ["dataset", "arch", "width", "prune_method"]
+DENSE_PARAMS = ["dataset", "arch", "width"]  # the dense net is the same whatever draws the masks
 POINT_KEYS = ["setting", "tweak", "base_tweak", "rewind_epoch", "level"]
 EPS = 1e-12  # accuracies equal up to float noise count as equal
 
@@ -27,12 +28,12 @@ def _col(frame: pd.DataFrame, name: str, default) -> pd.Series:
     return frame[name] if name in frame.columns else pd.Series(default, index=frame.index)
 
 
-def setting_of(frame: pd.DataFrame) -> pd.Series:
-    """A label for the ticket family (dataset, arch, width, pruning): runs of different
+def setting_of(frame: pd.DataFrame, params: list[str] = SETTING_PARAMS) -> pd.Series:
+    """A label for the ticket family (dataset, arch, width, mask source): runs of different
     families never share a curve."""
     def label(row) -> str:
         parts = [f"w{row[p]:g}" if p == "width" and isinstance(row[p], numbers.Number) else str(row[p])
-                 for p in SETTING_PARAMS if p in row.index and pd.notna(row[p])]
+                 for p in params if p in row.index and pd.notna(row[p])]
         return " ".join(parts) or "all runs"
     if frame.empty:
         return pd.Series([], index=frame.index, dtype=object)
@@ -114,24 +115,29 @@ def summarize(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def dense_reference(trials: pd.DataFrame) -> pd.DataFrame:
-    """Dense accuracy per setting over tickets (one per seed): the draw's dense_test_acc, or
-    for a ticket without a draw run the dense_test_acc its spend runs carry."""
+    """Dense accuracy per setting over ticket seeds: the draw's dense_test_acc, or for a ticket
+    without a draw run the dense_test_acc its spend runs carry. The dense net does not depend on
+    the mask source, so every source of a family shares it (a draw at initialisation has none)."""
     columns = ["setting", "dense_mean", "dense_std", "n_tickets", "source"]
     runs = trials[trials["stage"].isin(["draw", "spend"]) & _col(trials, "dense_test_acc", np.nan).notna()]
     if runs.empty:
         return pd.DataFrame(columns=columns)
-    runs = runs.assign(setting=setting_of(runs), ticket=ticket_of(runs),
+    seed = _col(runs, "ticket_seed", None).astype(object)  # runs logged before it name their ticket by key
+    ticket = ("seed" + seed.astype(str)).where(seed.notna(), ticket_of(runs))
+    runs = runs.assign(family=setting_of(runs, DENSE_PARAMS), ticket=ticket,
                        from_draw=runs["stage"] == "draw").sort_values(["from_draw", "start_time"])
-    per_ticket = runs.drop_duplicates(["setting", "ticket"], keep="last")
-    group = per_ticket.groupby("setting")
+    per_ticket = runs.drop_duplicates(["family", "ticket"], keep="last")
+    group = per_ticket.groupby("family")
     out = pd.DataFrame({
         "dense_mean": group["dense_test_acc"].mean(),
         "dense_std": group["dense_test_acc"].std(),
         "n_tickets": group["dense_test_acc"].count(),
         "source": group["from_draw"].agg(lambda d: "draw run" if d.all() else
                                          ("spend runs' dense_test_acc" if not d.any() else "draw and spend runs")),
-    })
-    return out.reset_index()[columns]
+    }).reset_index()
+    settings = trials[trials["stage"].isin(["draw", "spend"])]
+    settings = pd.DataFrame({"setting": setting_of(settings), "family": setting_of(settings, DENSE_PARAMS)})
+    return settings.drop_duplicates().merge(out, on="family")[columns].reset_index(drop=True)
 
 
 def vanilla_baseline(summary: pd.DataFrame, trials: pd.DataFrame, draw_levels: pd.DataFrame) -> pd.DataFrame:
@@ -172,6 +178,35 @@ def gains(summary: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     out = tweaks.merge(base, on=["setting", "level"], how="left")
     out["gain_pp"] = 100 * (out["mean"] - out["vanilla_mean"])
     return out[["setting", "tweak", "level", "sparsity", "mean", "vanilla_mean", "gain_pp"]]
+
+
+CONTROLS = ("reinit", "shuffle")  # the lottery-ticket controls' labels (tweak `init`)
+
+
+def lottery_controls(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and level, the ticket (vanilla) against its reinit and shuffle controls: mean
+    test accuracy and the ticket's lead in percentage points (the lottery-ticket effect itself)."""
+    columns = ["setting", "level", "sparsity", "ticket", *CONTROLS, *(f"ticket_minus_{c}_pp" for c in CONTROLS)]
+    picked = summary[summary["tweak"].isin([VANILLA, *CONTROLS])]
+    if not picked["tweak"].isin(CONTROLS).any():
+        return pd.DataFrame(columns=columns)
+    out = (picked.pivot_table(index=["setting", "level"], columns="tweak", values="mean")
+           .reindex(columns=[VANILLA, *CONTROLS]).rename(columns={VANILLA: "ticket"})
+           .dropna(subset=list(CONTROLS), how="all"))
+    out["sparsity"] = picked.groupby(["setting", "level"])["sparsity"].mean()
+    for control in CONTROLS:
+        out[f"ticket_minus_{control}_pp"] = 100 * (out["ticket"] - out[control])
+    return out.reset_index()[columns]
+
+
+def gains_by_source(gains: pd.DataFrame) -> pd.DataFrame:
+    """Gain over vanilla (percentage points) per tweak (rows) and setting x sparsity (columns):
+    the settings differ by mask source, so a row that stays positive is the any-mask claim."""
+    if gains.empty:
+        return pd.DataFrame()
+    sparsity = (100 * gains["sparsity"]).round(1).map("{:g}%".format)
+    return gains.assign(column=gains["setting"] + " @ " + sparsity).pivot_table(
+        index="tweak", columns="column", values="gain_pp", aggfunc="mean")
 
 
 def matrix(frame: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -406,6 +441,7 @@ class Analysis:
     frontier: pd.DataFrame
     critical: pd.DataFrame
     cost: pd.DataFrame
+    controls: pd.DataFrame = field(default_factory=pd.DataFrame)  # lottery_controls
     notes: list[str] = field(default_factory=list)
     act_sparsity: pd.DataFrame = field(default_factory=pd.DataFrame)  # act_sparsity_summary
     hessian: pd.DataFrame = field(default_factory=pd.DataFrame)  # hessian_summary
@@ -425,6 +461,7 @@ def analyze(trials: pd.DataFrame, draw_levels: pd.DataFrame, hessian_history: pd
     result = Analysis(points=points, summary=summary, dense=dense, baseline=baseline,
                       gains=gains(summary, baseline), frontier=frontier(summary, dense),
                       critical=critical_sparsity(summary), cost=cost_by_tweak(summary),
+                      controls=lottery_controls(summary),
                       act_sparsity=act_sparsity_summary(extra), hessian=hessian_summary(extra),
                       hessian_curves=hessian_curves(hessian_history, extra))
     result.notes = sweep_notes(trials, result)

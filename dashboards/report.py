@@ -4,6 +4,7 @@ PNGs and trials.parquet, attached to the sweep's parent run under `report/`."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -127,6 +128,30 @@ def _setting_sections(result: Analysis, out: Path, sections: dict[str, html.Sect
             cost = pick(result.cost).drop(columns="setting")
             sections["cost"].add(html.table(cost.round({"device_hours": 3, "hours_per_trial": 4})))
     return pngs
+
+
+def _sources_section(result: analysis.Analysis, section: html.Section) -> None:
+    """The any-mask view: each tweak's gain per mask source, and the ticket against its controls."""
+    by_source = analysis.gains_by_source(result.gains)
+    if len(result.settings) < 2 or by_source.empty:
+        section.note("One mask source (setting) only: run several with --prune-methods imp,random,snip "
+                     "to compare each tweak's gain across sources.")
+    else:
+        section.add(html.paragraph("Gain over vanilla (percentage points) per mask source (setting) and sparsity: "
+                                   "a tweak whose row stays positive helps whatever drew the mask."))
+        section.add(html.table(by_source.map(lambda v: "–" if pd.isna(v) else f"{v:+.2f}").reset_index()))
+    controls = result.controls
+    if controls.empty:
+        section.note("No lottery-ticket control was run: add {init: reinit} and {init: shuffle} to the combos.")
+        return
+    section.add(html.heading("The ticket against its controls"))
+    section.add(html.paragraph("Mean test accuracy (%) of the ticket (vanilla), a fresh initialisation of its "
+                               "mask (reinit) and its mask shuffled per layer (shuffle); the lead is in points."))
+    section.add(html.table(pd.DataFrame({
+        "setting": controls["setting"], "level": controls["level"], "sparsity (%)": controls["sparsity"].map(_pct),
+        **{name: controls[name].map(lambda v: _pct(v, 2)) for name in ("ticket", *analysis.CONTROLS)},
+        **{f"ticket − {c} (pp)": controls[f"ticket_minus_{c}_pp"].map(lambda v: "–" if pd.isna(v) else f"{v:+.2f}")
+           for c in analysis.CONTROLS}})))
 
 
 def _sparsity_columns(table: pd.DataFrame) -> list[str]:
@@ -285,16 +310,18 @@ def build_report(sweep: Sweep, out: Path) -> ReportFiles:
 
     sections = {key: html.Section(key, title) for key, title in [
         ("overview", "Overview"), ("accuracy", "Accuracy vs sparsity"), ("gain", "Gain over vanilla LTH"),
-        ("frontier", "Winning-ticket frontier"), ("analyses", "Activation sparsity and Hessian"),
+        ("frontier", "Winning-ticket frontier"), ("sources", "Mask sources and lottery-ticket controls"),
+        ("analyses", "Activation sparsity and Hessian"),
         ("optuna", "Optuna search"), ("cost", "Compute cost"), ("trials", "Trials")]}
     _overview(sweep, result, sections["overview"])
     if result.summary.empty:
-        for key in ("accuracy", "gain", "frontier", "cost"):
+        for key in ("accuracy", "gain", "frontier", "sources", "cost"):
             sections[key].note("No finished spend run yet.")
         sections["analyses"].note(f"No finished spend run yet. For these analyses, {HOW_TO_ANALYZE}.")
         pngs = []
     else:
         pngs = _setting_sections(result, out, sections)
+        _sources_section(result, sections["sources"])
         pngs += _analyses_section(result, out, sections["analyses"])
     pngs += _optuna_section(sweep, out, sections["optuna"])
     _trials_section(sweep.trials, sections["trials"])
@@ -314,8 +341,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _out_problem(out: Path) -> str | None:
+    """Why `out` cannot take the report (checked before any work), or None."""
+    folder = out
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"--out {out}: {folder} is a file, not a folder; pass --out with a folder for the report"
+    if not os.access(folder, os.W_OK):
+        return f"--out {out}: {folder} is not writable; pass --out with a folder you can write to"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = args.out or Path("reports") / args.experiment
+    problem = _out_problem(out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     uri = collect.resolve_tracking_uri(args.tracking_uri)
     try:
         client = collect.connect(uri)
@@ -323,7 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     except collect.ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    files = build_report(sweep, args.out or Path("reports") / args.experiment)
+    try:
+        files = build_report(sweep, out)
+    except OSError as exc:
+        print(f"error: cannot write the report to {out} ({exc.strerror or exc}); pass --out with a folder you "
+              "can write to", file=sys.stderr)
+        return 2
     if not args.no_log_artifacts and sweep.parent is None:
         print("note: no sweep parent run (tag stage=sweep); the report is not logged to MLflow", file=sys.stderr)
     elif not args.no_log_artifacts:

@@ -1,7 +1,11 @@
-"""`python -m lth_core draw|spend|show|analyze|tweaks`: the core without Ray or MLflow.
+"""`python -m lth_core draw|spend|show|analyze|verify|tweaks|masks`: the core without Ray or MLflow.
 
 Each command takes a config file (JSON or YAML), flags, or both (flags win),
 shows progress on stderr and prints a JSON summary on stdout.
+
+Every input is checked before any work starts (config, device, data files, store); a
+problem ends the command with one line on stderr, `error: <what is wrong>; <what to
+do>`, and exit status 2. Tracebacks are shown only with `--debug` or `LTH_DEBUG=1`.
 """
 
 from __future__ import annotations
@@ -10,15 +14,25 @@ import argparse
 import json
 import os
 import sys
+import traceback
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lth_core import paths
 from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping, recipe_overlay
 from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, tweak_flags
+from lth_core.mask_sources import SOURCES
 from lth_core.tables import StageProgress, format_levels
 
 DEFAULT_STORE = "artifacts"
+EXIT_USER_ERROR = 2
+
+
+class CliError(Exception):
+    """A problem the user can fix: the message says what is wrong and, after '; ', what to do."""
+
 
 # flag -> (dotted field inside a TicketConfig, kind, help); kinds: lth_core.flags
 TICKET_FLAGS: FlagTable = {
@@ -36,9 +50,9 @@ TICKET_FLAGS: FlagTable = {
     "--milestones": ("recipe.milestones", "ints", "epochs where the lr drops x0.1 (default 50%%,75%%)"),
     "--device": ("recipe.device", str, "auto | cpu | cuda"),
     "--precision": ("recipe.precision", str, "auto | fp32 | bf16"),
-    "--prune-method": ("pruning.method", str, "imp | omp"),
+    "--prune-method": ("pruning.method", str, "mask source: " + " | ".join(SOURCES)),
     "--prune-rate": ("pruning.rate", float, "share of remaining weights removed per IMP level"),
-    "--levels": ("pruning.levels", int, "number of pruning levels"),
+    "--num-levels": ("pruning.levels", int, "number of pruning levels to draw"),
     "--sparsities": ("pruning.sparsities", "floats", "OMP target sparsities, comma separated"),
     "--scope": ("pruning.scope", str, "global | layerwise"),
     "--imp-rewind-epoch": ("pruning.rewind_epoch", int, "epoch IMP rewinds the survivors to (0 = init)"),
@@ -48,13 +62,32 @@ TICKET_FLAGS: FlagTable = {
 SPEND_FLAGS: FlagTable = {
     "--level": ("level", int, "pruning level to spend (0 = the dense net)"),
     "--spend-seed": ("seed", int, "seed of the re-training"),
-    "--spend-epochs": ("recipe.epochs", int, "re-training epochs; the rest of the recipe stays the ticket's"),
+    "--spend-epochs": ("recipe.epochs", int, "re-training epochs; the rest of the recipe stays the ticket's "
+                                             "(default: the ticket's epochs)"),
     **tweak_flags(),
 }
 
+# Spellings that meant something else once: flag -> what to write instead.
+RENAMED = {"--levels": "--num-levels N for the number of IMP levels to draw (the sweeps' --levels picks the "
+                       "levels to spend; here that is --level K)"}
+
 
 def _from_file(args: argparse.Namespace) -> dict[str, Any]:
-    return read_mapping(args.config) if args.config else {}
+    import yaml
+
+    if not args.config:
+        return {}
+    try:
+        return read_mapping(args.config)
+    except ConfigError:
+        raise
+    except (ValueError, OSError, yaml.YAMLError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError("--config", f"{args.config} does not parse: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] or type(e).__name__
 
 
 def ticket_from_args(args: argparse.Namespace) -> TicketConfig:
@@ -69,70 +102,248 @@ def spend_from_args(args: argparse.Namespace) -> SpendConfig:
     return from_dict(SpendConfig, data)
 
 
-def _store(args: argparse.Namespace):
+# ------------------------------------------------------------------ checks before any work
+
+
+def shown_uri(uri: str) -> str:
+    """A URI fit to print: any password replaced by ***."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        return uri
+    return uri.replace(f":{password}@", ":***@", 1) if password else uri
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _local_folder(uri: str) -> Path:
+    return Path(urlsplit(uri).path if uri.startswith("file://") else uri).expanduser()
+
+
+def writable_folder(folder: Path) -> None:
+    """Raise OSError unless `folder` is, or could be created as, a folder that takes files. Leaves
+    nothing behind: a missing folder is not created, its nearest existing parent is probed."""
+    target = folder
+    while not target.exists():
+        if target.parent == target:
+            break
+        target = target.parent
+    if not target.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(target))
+    probe = target / f".lth-probe-{uuid.uuid4().hex}"
+    probe.write_bytes(b"probe")
+    probe.unlink()
+
+
+def probe_store(uri: str, flag: str = "--store") -> None:
+    """Check, before any work, that the artifact store at `uri` takes files, leaving nothing behind:
+    a local folder (or its nearest existing parent) takes a probe file; any other store gets a probe
+    artifact written, read back and deleted. Raises CliError naming the flag."""
+    from lth_core.store import ArtifactStore, CorruptArtifactError
+
+    shown = shown_uri(uri)
+    how = f"pass {flag} with a writable folder or a pyarrow URI such as s3://bucket/prefix"
+    if not uri or not uri.strip():
+        raise CliError(f"{flag} is empty; {how}")
+    try:
+        if _is_local(uri):
+            writable_folder(_local_folder(uri))
+            return
+        store = ArtifactStore(uri)
+        probe = f"probe-{uuid.uuid4().hex}"
+        try:
+            store.write_bytes(probe, b"lth probe")
+            if store.read_bytes(probe) != b"lth probe":
+                raise CorruptArtifactError("the probe file read back differs from what was written")
+        finally:
+            store.delete(probe)
+    except (ValueError, OSError, ImportError, CorruptArtifactError) as e:
+        raise CliError(f"cannot write to the artifact store {shown} ({_first_line(e).replace(uri, shown)}); "
+                       f"{how}") from None
+
+
+def open_store(uri: str, *, write: bool = True, flag: str = "--store"):
+    """The artifact store at `uri`, checked first (`probe_store`); without `write`, a local store
+    must exist already (nothing is created). Raises CliError naming the flag."""
     from lth_core.store import ArtifactStore
 
-    return ArtifactStore(args.store)
+    shown = shown_uri(uri)
+    if write:
+        probe_store(uri, flag)
+    elif not uri or not uri.strip():
+        raise CliError(f"{flag} is empty; pass {flag} with the store the draw wrote to")
+    elif _is_local(uri) and not _local_folder(uri).is_dir():
+        raise CliError(f"no artifact store at {_local_folder(uri)} ({flag} {shown}); pass {flag} with the store "
+                       "the draw wrote to (default: $LTH_STORE_URI or ./artifacts)")
+    try:
+        return ArtifactStore(uri)
+    except (ValueError, OSError, ImportError) as e:
+        raise CliError(f"cannot open the artifact store {shown} ({_first_line(e).replace(uri, shown)}); pass "
+                       f"{flag} with a folder or a pyarrow URI such as s3://bucket/prefix") from None
+
+
+def check_device(recipe: Any, flag: str = "--device") -> None:
+    """The recipe's device and precision exist on this machine (`Runtime.resolve`)."""
+    from lth_core.training import Runtime
+
+    try:
+        Runtime.resolve(recipe)
+    except RuntimeError as e:
+        raise CliError(f"{flag}/--precision: {e}") from None
+
+
+def check_data(data: Any) -> None:
+    """The data set's files are there and readable in their format (read once; cached per process)."""
+    from lth_core.data import DatasetFormatError, DatasetNotFoundError, check_files, load_dataset
+
+    try:
+        check_files(data)
+        load_dataset(data)
+    except DatasetNotFoundError as e:
+        raise CliError(str(e).replace(" not found. Download", " not found; download", 1)) from None
+    except DatasetFormatError as e:
+        raise CliError(f"data set {data.name!r} cannot be read: {e}; download it again and point --data-root "
+                       "at the extracted folder") from None
+
+
+def check_ticket(ticket: TicketConfig) -> None:
+    check_device(ticket.recipe)
+    check_data(ticket.data)
+
+
+def _stages(ticket: TicketConfig) -> str:
+    e, n = ticket.recipe.epochs, ticket.num_levels
+    return (f"dense run ({e} epochs), then {n} {ticket.pruning.method.upper()} level(s) "
+            f"({e} epochs each) = {(n + 1) * e} epochs")
+
+
+def draw_plan(ticket: TicketConfig, store: Any) -> str:
+    drawn = store.exists(paths.ticket_summary(ticket.key))
+    sparsities = ticket.pruning.level_sparsities()
+    lines = [f"draw: ticket {ticket.key} ({ticket.model.arch} x{ticket.model.width:g} on {ticket.data.name}, "
+             f"seed {ticket.seed}, device {ticket.recipe.device})",
+             f"  stages: {_stages(ticket)}"
+             + ("; already drawn: its files are checked and read back" if drawn else ""),
+             f"  levels: sparsity {', '.join(f'{s:.1%}' for s in sparsities)}",
+             f"  writes: {shown_uri(store.uri)}/{paths.ticket_dir(ticket.key)}"]
+    return "\n".join(lines)
+
+
+def spend_plan(config: SpendConfig, store: Any) -> str:
+    ticket = config.ticket
+    drawn = store.exists(paths.ticket_summary(ticket.key))
+    spent = store.exists(paths.spend_result(config.key))
+    lines = [f"spend: level {config.level} ({config.sparsity:.1%} sparse) of ticket {ticket.key} with "
+             f"{config.tweaks.describe()}, seed {config.seed}",
+             "  draw:   " + ("in the store" if drawn else f"not in the store: drawn first, {_stages(ticket)}"),
+             "  spend:  " + ("already spent: read back" if spent
+                             else f"re-train {config.train_recipe.epochs} epochs on {config.train_recipe.device}"),
+             f"  writes: {shown_uri(store.uri)}/{paths.spend_dir(config.key)}"]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ commands
 
 
 def cmd_draw(args: argparse.Namespace) -> dict[str, Any]:
     from lth_core.lottery import draw
 
     ticket = ticket_from_args(args)
+    check_ticket(ticket)
+    store = open_store(args.store)
+    print(draw_plan(ticket, store), file=sys.stderr)
     progress = StageProgress(default_epochs=ticket.recipe.epochs)
     try:
-        summary = draw(ticket, _store(args), progress)
+        summary = draw(ticket, store, progress)
     finally:
         progress.close()
     print(format_levels(summary), file=sys.stderr)
     return summary
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def _spend_checked(args: argparse.Namespace) -> tuple[SpendConfig, Any]:
+    config = spend_from_args(args)
+    check_device(config.ticket.recipe)
+    if config.recipe is not None:
+        check_device(config.recipe)
+    check_data(config.ticket.data)
+    store = open_store(args.store)
+    print(spend_plan(config, store), file=sys.stderr)
+    return config, store
 
 
 def cmd_spend(args: argparse.Namespace) -> dict[str, Any]:
     from lth_core.lottery import spend
 
-    config = spend_from_args(args)
+    config, store = _spend_checked(args)
     progress = StageProgress({f"spend level {config.level}": config.train_recipe.epochs},
                              default_epochs=config.ticket.recipe.epochs)
     try:
-        result = spend(config, _store(args), on_stage_epoch=progress)
+        result = spend(config, store, on_stage_epoch=progress)
     finally:
         progress.close()
     result = {k: v for k, v in result.items() if k != "history"}
     print(f"spent level {result['level']} ({result['sparsity']:.2%} sparse) with {result['tweak']}: "
-          f"test acc {result['test_acc']:.2%} (vanilla {result['vanilla_test_acc']:.2%}, "
-          f"dense {result['dense_test_acc']:.2%})", file=sys.stderr)
+          f"test acc {_pct(result['test_acc'])} (vanilla {_pct(result.get('vanilla_test_acc'))}, "
+          f"dense {_pct(result.get('dense_test_acc'))})", file=sys.stderr)
     return result
 
 
 def cmd_show(args: argparse.Namespace) -> dict[str, Any]:
-    store = _store(args)
     key = args.key or ticket_from_args(args).key
     try:
         path = paths.ticket_summary(key)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise CliError(f"--key: {e}; pass the key a draw printed (`ticket <key>` in its table)") from None
+    store = open_store(args.store, write=False)
     if not store.exists(path):
-        raise SystemExit(f"error: no finished draw with key {key} in {store.uri}; run `python -m lth_core draw` first")
+        raise CliError(f"no finished draw with key {key} in {shown_uri(store.uri)}; run `python -m lth_core draw` "
+                       "with the same settings first, or pass the --store it wrote to")
     from lth_core.lottery import read_draw
 
     summary, problems = read_draw(key, store)
     if problems:
-        raise SystemExit(f"error: the draw {key} in {store.uri} has missing or corrupt files ({', '.join(problems[:3])}"
-                         f"{' ...' if len(problems) > 3 else ''}); run `python -m lth_core draw` with its settings "
-                         "to recompute them")
+        raise CliError(f"the draw {key} in {shown_uri(store.uri)} has missing or corrupt files "
+                       f"({', '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}); run "
+                       "`python -m lth_core draw` with its settings to recompute them")
     print(format_levels(summary), file=sys.stderr)
     return summary
+
+
+def check_analyze_args(args: argparse.Namespace) -> tuple[str, ...]:
+    from lth_core.tweaks.activations import ACTIVATIONS
+
+    for flag, value in (("--grid", args.grid), ("--batches", args.batches), ("--top-k", args.top_k)):
+        if value < 1:
+            raise CliError(f"{flag} must be >= 1, got {value}; pass {flag} 1 or more")
+    if args.threshold < 0:
+        raise CliError(f"--threshold must be >= 0, got {args.threshold:g}; pass a small positive number such "
+                       "as 1e-3")
+    names = tuple(n.strip() for n in args.compare_activations.split(",") if n.strip())
+    unknown = [n for n in names if n not in ACTIVATIONS]
+    if not names or unknown:
+        raise CliError(f"--compare-activations: {'unknown activation ' + repr(unknown[0]) if unknown else 'empty'}; "
+                       f"pass a comma-separated list of {', '.join(ACTIVATIONS)}")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CliError(f"--out {args.out} is a file; pass a folder for the plots and arrays")
+    return names
 
 
 def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     from lth_core.analysis.run import analyze_spend
 
-    config = spend_from_args(args)
+    activations = check_analyze_args(args)
+    config, store = _spend_checked(args)
     out = Path(args.out or f"analysis/{config.key}")
     progress = StageProgress(default_epochs=config.train_recipe.epochs)
     try:
-        result = analyze_spend(config, _store(args), out, activations=tuple(args.compare_activations.split(",")),
+        result = analyze_spend(config, store, out, activations=activations,
                                threshold=args.threshold, top_k=args.top_k, grid=args.grid, batches=args.batches,
                                on_stage_epoch=progress)
     finally:
@@ -142,6 +353,24 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k != "table"}
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Every finding on stdout, one line each; exit 0 when the store is sound, 1 when not."""
+    from lth_core.verify import FAULTS, repair, report, scan
+
+    store = open_store(args.store, write=args.repair)
+    findings = scan(store)
+    repaired = repair(store, findings) if args.repair else []
+    print(report(findings, repaired))
+    return 1 if len([f for f in findings if f.kind in FAULTS]) > len(repaired) else 0
+
+
+def cmd_masks(args: argparse.Namespace) -> dict[str, Any]:
+    from lth_core.mask_sources import REGISTRY, docs_table
+
+    print(docs_table(), file=sys.stderr)
+    return {s.name: {"summary": s.summary, "scores": s.weights, "reference": s.reference} for s in REGISTRY}
+
+
 def cmd_tweaks(args: argparse.Namespace) -> dict[str, Any]:
     from lth_core.tweaks import REGISTRY, docs_table
 
@@ -149,8 +378,13 @@ def cmd_tweaks(args: argparse.Namespace) -> dict[str, Any]:
     return {t.name: {"summary": t.summary, "hooks": list(t.hooks()), "search": list(t.search)} for t in REGISTRY}
 
 
+# ------------------------------------------------------------------ parser and errors
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lth_core", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="show the traceback of an error (also: LTH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -158,49 +392,142 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--store", default=os.environ.get("LTH_STORE_URI", DEFAULT_STORE),
                        help="artifact store: a folder or a pyarrow URI such as s3://bucket/prefix "
                             "(default: $LTH_STORE_URI or ./artifacts)")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error (also: LTH_DEBUG=1)")
+
+    def ticket_flags(p: argparse.ArgumentParser) -> None:
+        add_flags(p, TICKET_FLAGS, defaults=TicketConfig())
+        for old in RENAMED:
+            p.add_argument(old, dest="renamed_" + old.strip("-").replace("-", "_"), default=None,
+                           help=argparse.SUPPRESS)
 
     p = sub.add_parser("draw", help="train the dense net and draw every pruning level (cached)")
     common(p)
-    add_flags(p, TICKET_FLAGS)
+    ticket_flags(p)
     p.set_defaults(run=cmd_draw)
 
     p = sub.add_parser("spend", help="re-train one level of a ticket with tweaks (draws it first if needed)")
     common(p)
-    add_flags(p, TICKET_FLAGS)
-    add_flags(p, SPEND_FLAGS)
+    ticket_flags(p)
+    add_flags(p, SPEND_FLAGS, defaults=SpendConfig())
     p.set_defaults(run=cmd_spend)
 
     p = sub.add_parser("show", help="print the per-level table of a stored draw")
     common(p)
     p.add_argument("--key", help="ticket key (instead of ticket flags)")
-    add_flags(p, TICKET_FLAGS)
+    ticket_flags(p)
     p.set_defaults(run=cmd_show)
 
     p = sub.add_parser("analyze", help="activation sparsity, Hessian eigenvalues and loss landscape of a spend")
     common(p)
-    add_flags(p, TICKET_FLAGS)
-    add_flags(p, SPEND_FLAGS)
-    p.add_argument("--out", help="output folder (default analysis/<spend key>)")
+    ticket_flags(p)
+    add_flags(p, SPEND_FLAGS, defaults=SpendConfig())
+    p.add_argument("--out", help="output folder (default: analysis/<spend key>)")
     p.add_argument("--compare-activations", default="relu,swish",
-                   help="activations to compare in the sparsity table, comma separated")
-    p.add_argument("--threshold", type=float, default=1e-3, help="|a| below which an activation counts as zero")
-    p.add_argument("--top-k", type=int, default=1, help="number of top Hessian eigenvalues")
-    p.add_argument("--grid", type=int, default=11, help="points per axis of the loss landscape")
+                   help="activations to compare in the sparsity table, comma separated (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=1e-3,
+                   help="|a| below which an activation counts as zero (default: %(default)g)")
+    p.add_argument("--top-k", type=int, default=1, help="number of top Hessian eigenvalues (default: %(default)s)")
+    p.add_argument("--grid", type=int, default=11, help="points per axis of the loss landscape (default: %(default)s)")
     p.add_argument("--batches", type=int, default=4,
-                   help="train batches for the Hessian and landscape, test batches for activations")
+                   help="train batches for the Hessian and landscape, test batches for activations "
+                        "(default: %(default)s)")
     p.set_defaults(run=cmd_analyze)
 
-    p = sub.add_parser("tweaks", help="the registered re-training tweaks: flags, values, labels, hooks")
-    p.set_defaults(run=cmd_tweaks)
+    p = sub.add_parser("verify", help="check every artifact of a store: corrupt, missing, orphaned (exit 1 if any)")
+    common(p)
+    p.add_argument("--repair", action="store_true",
+                   help="remove what is corrupt or left over, so the next draw or spend recomputes it "
+                        "(run it while nothing writes to the store)")
+    p.set_defaults(run=cmd_verify)
+
+    for name, run, text in (("tweaks", cmd_tweaks, "the registered re-training tweaks: flags, values, labels, hooks"),
+                            ("masks", cmd_masks, "the registered mask sources: what they score, their references")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.set_defaults(run=run)
     return parser
 
 
+def _flag_of(field_path: str, command: str | None) -> str | None:
+    """The flag that sets a config field (None when no flag does)."""
+    tables: list[tuple[FlagTable, str]] = [(TICKET_FLAGS, "")]
+    if command in ("spend", "analyze"):
+        tables = [(SPEND_FLAGS, ""), (TICKET_FLAGS, "ticket."), (TICKET_FLAGS, "")]
+    for table, prefix in tables:
+        for flag, (dotted, _, _) in table.items():
+            if field_path == prefix + dotted:
+                return flag
+    return None
+
+
+def config_error_text(e: ConfigError, command: str | None, config_file: str | None) -> str:
+    """`<field>: <what is wrong>; <what to do>` for a configuration error."""
+    field = e.field_path
+    if field.startswith("--"):
+        if field == "--config":
+            return f"{e}; fix the file or pass another --config"
+        return f"{e}; see `python -m lth_core {command or ''} --help`".replace("  ", " ")
+    flag = _flag_of(field, command)
+    where = f"{field} in {config_file}" if config_file else None
+    if "unknown field" in str(e):
+        return f"{e}; remove or rename it" + (f" in {config_file}" if config_file else "")
+    if flag and where:
+        return f"{e}; fix {flag} or {where}"
+    if flag:
+        return f"{e}; fix {flag}"
+    if where:
+        return f"{e}; fix {where}"
+    return f"{e}; see `python -m lth_core {command or ''} --help`".replace("  ", " ")
+
+
+def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
+    """The one-line message of a user-facing error; None for anything else (a bug)."""
+    from lth_core.data import DatasetFormatError, DatasetNotFoundError
+    from lth_core.store import CorruptArtifactError, LockTimeout, OutsideStoreError
+
+    command = getattr(args, "command", None)
+    if isinstance(e, CliError):
+        return str(e)
+    if isinstance(e, ConfigError):
+        return config_error_text(e, command, getattr(args, "config", None))
+    if isinstance(e, DatasetNotFoundError):
+        return str(e).replace(" not found. Download", " not found; download", 1)
+    if isinstance(e, DatasetFormatError):
+        return f"{e}; download the data set again and point --data-root at the extracted folder"
+    if isinstance(e, OutsideStoreError):
+        return f"refused path: {e}" if ";" in str(e) else f"refused path: {e}; keep the store's files inside it"
+    if isinstance(e, CorruptArtifactError):
+        return f"a stored file is damaged ({e}); run the command again: damaged artifacts are recomputed"
+    if isinstance(e, LockTimeout):
+        return f"{e}; wait for that process to finish, or stop it and run again"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("LTH_DEBUG", "") not in ("", "0")
+    for old, new in RENAMED.items():
+        if getattr(args, "renamed_" + old.strip("-").replace("-", "_"), None) is not None:
+            print(f"error: {old} is no flag of `python -m lth_core {args.command}`; use {new}", file=sys.stderr)
+            return EXIT_USER_ERROR
     try:
         result = args.run(args)
-    except ConfigError as e:
-        print(f"error: invalid configuration: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again: finished stages are kept", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every error becomes one line unless --debug
+        message = error_text(e, args)
+        if debug:
+            traceback.print_exc()
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        print(f"error: unexpected {type(e).__name__}: {_first_line(e)}; rerun with --debug (or LTH_DEBUG=1) for "
+              "the traceback, and report it", file=sys.stderr)
+        return 1
+    if isinstance(result, int):  # a command that printed its own report returns its exit status
+        return result
     print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lth_core.mask_sources import SOURCES, MaskSource
 from lth_core.models import ARCHS
 from lth_core.schema import (Config, ConfigError, canonical_json, choice, content_key, dump_config, from_dict,
                              key_dict, load_config, not_keyed, read_mapping, replace, require, to_dict)
@@ -22,7 +23,7 @@ __all__ = ["ARCHS", "Config", "ConfigError", "DataConfig", "ModelConfig", "Prune
            "from_dict", "key_dict", "load_config", "read_mapping", "recipe_overlay", "replace", "to_dict"]
 
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet")
-PRUNE_METHODS = ("imp", "omp")
+PRUNE_METHODS = tuple(SOURCES)
 PRUNE_SCOPES = ("global", "layerwise")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -60,7 +61,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RecipeConfig:
-    """SGD training recipe (the authors' defaults). `milestones=()` means 50% and 75% of the epochs."""
+    """SGD training recipe (the authors' defaults). `milestones=()` means 50% and 75% of the epochs.
+
+    The unkeyed fields say how a run goes, not what it computes. `channels_last` is the memory
+    format on CUDA and `channels_last_cpu` on the CPU (off by default: most CPU convolutions are
+    slower in it; on, it runs the CUDA code path on a machine without one). `checkpoint_seconds`
+    sets the checkpoint cadence: a checkpoint is due after the first epoch of a run (so a store
+    that refuses it fails at once), after the last, and whenever waiting one more epoch would
+    leave more than that many seconds unsaved; so a crash loses at most `checkpoint_seconds` or
+    one epoch, whichever is longer. 0 checkpoints every epoch."""
 
     epochs: int = 180
     batch_size: int = 128
@@ -72,6 +81,8 @@ class RecipeConfig:
     device: str = not_keyed("auto")
     precision: str = not_keyed("auto")
     channels_last: bool = not_keyed(True)
+    channels_last_cpu: bool = not_keyed(False)
+    checkpoint_seconds: float = not_keyed(60.0)
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "recipe.epochs", f"must be >= 1, got {self.epochs}")
@@ -87,6 +98,8 @@ class RecipeConfig:
                  f"must be strictly increasing, got {list(self.milestones)}")
         choice(self.device, DEVICES, "recipe.device")
         choice(self.precision, PRECISIONS, "recipe.precision")
+        require(self.checkpoint_seconds >= 0, "recipe.checkpoint_seconds",
+                 f"must be >= 0 (0 checkpoints every epoch), got {self.checkpoint_seconds}")
 
     @property
     def lr_milestones(self) -> tuple[int, ...]:
@@ -97,9 +110,11 @@ class RecipeConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """How masks are drawn. IMP: `levels` rounds, each removing `rate` of the remaining weights
-    (level k has sparsity 1 - (1 - rate)^k). OMP: one shot from the dense net to each of those
-    sparsities, or to `sparsities` when given."""
+    """How masks are drawn (`method`: a source of `lth_core.mask_sources`). Level k has sparsity
+    1 - (1 - rate)^k for every source, so results line up across sources. IMP reaches it in k
+    rounds, each re-training the survivors from `rewind_epoch`; OMP prunes the trained dense net
+    once per level; the pruning-at-init sources score the initialisation and train nothing.
+    A one-shot source may take explicit `sparsities` instead."""
 
     method: str = "imp"
     rate: float = 0.2
@@ -119,8 +134,17 @@ class PruneConfig:
         for s in self.sparsities:
             require(0 <= s < 1, "pruning.sparsities", f"sparsity {s} is outside [0, 1)")
         if self.sparsities:
-            require(self.method == "omp", "pruning.sparsities",
-                     "explicit sparsities are for one-shot pruning (method 'omp'); IMP follows 1 - (1 - rate)^k")
+            require(self.method != "imp", "pruning.sparsities",
+                     "explicit sparsities are for one-shot sources (omp and the pruning-at-init ones); "
+                     "IMP follows 1 - (1 - rate)^k")
+        if self.source.at_init:
+            require(self.rewind_epoch == 0, "pruning.rewind_epoch",
+                     f"{self.method} draws its masks at initialisation and trains no level; rewind a spend "
+                     "instead (tweak rewind_epoch, flag --rewind-epoch)")
+
+    @property
+    def source(self) -> MaskSource:
+        return SOURCES[self.method]
 
     def level_sparsities(self) -> tuple[float, ...]:
         """Target sparsity of levels 1..L."""

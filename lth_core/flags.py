@@ -55,8 +55,46 @@ def tweak_flags(prefix: str = "tweaks.") -> FlagTable:
     return flags
 
 
-def add_flags(parser: argparse.ArgumentParser, flags: FlagTable) -> None:
-    for flag, (_, kind, help_text) in flags.items():
+def default_text(value: Any) -> str:
+    """A config default as a flag takes it: lists comma separated, None and () as 'none'."""
+    if value is None or value == ():
+        return "none"
+    if isinstance(value, (tuple, list)):
+        return ",".join(default_text(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def field_default(defaults: Any, dotted: str) -> Any:
+    """The value at `dotted` in a config object or nested dict; `dataclasses.MISSING` when not there."""
+    value = defaults
+    for part in dotted.split("."):
+        if isinstance(value, dict):
+            if part not in value:
+                return dataclasses.MISSING
+            value = value[part]
+        elif dataclasses.is_dataclass(value) and hasattr(value, part):
+            value = getattr(value, part)
+        else:
+            return dataclasses.MISSING
+    return value
+
+
+def add_flags(parser: argparse.ArgumentParser, flags: FlagTable, defaults: Any = None,
+              default_of: Callable[[str], str | None] | None = None) -> None:
+    """One argument per flag, all with `default=None` (a flag not given leaves the config's value).
+    The help shows the real default: `default_of(dotted)` when given, else the field's value in
+    `defaults` (a config object); a help text that names its default already is left as it is."""
+    for flag, (dotted, kind, help_text) in flags.items():
+        if "default" not in help_text and kind != "flag":
+            shown = default_of(dotted) if default_of is not None else None
+            if shown is None and defaults is not None:
+                value = field_default(defaults, dotted)
+                shown = None if value is dataclasses.MISSING or dataclasses.is_dataclass(value) else default_text(value)
+            if shown is not None:
+                help_text = f"{help_text} (default: {shown})"
+        help_text = help_text.replace("%", "%%").replace("%%%%", "%%")
         if kind == "flag":
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         elif isinstance(kind, Parsed):

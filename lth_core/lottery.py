@@ -1,8 +1,13 @@
-"""Draw a ticket once (dense run + IMP/OMP levels), spend it many ways.
+"""Draw a ticket once (its masks, from a source of `lth_core.mask_sources`), spend it many ways.
+
+A draw with IMP or OMP trains the dense net, then each level's mask and its vanilla LTH
+re-training. A pruning-at-init source (random, ERK, SNIP, GraSP, SynFlow) scores the
+initialisation and trains nothing; its dense run is trained, once, when a spend first needs
+it (a distillation teacher, a rewind point).
 
 Everything a draw produces lives in the artifact store under the ticket's content key
 (layout: `lth_core.paths`), written atomically and one piece at a time, so a crash loses at
-most the epoch in flight, and a second worker asking for the same ticket waits on the lock
+most the work since the last checkpoint (`RecipeConfig.checkpoint_seconds`), and a second worker asking for the same ticket waits on the lock
 instead of computing it again.
 
 A spend runs in three steps: `prepare_spend` (the ticket's starting weights under its mask,
@@ -28,11 +33,12 @@ from lth_core import paths, tweaks
 from lth_core.config import DataConfig, SpendConfig, TicketConfig, from_dict, to_dict
 from lth_core.data import Dataset, iterate_batches, load_dataset, num_batches
 from lth_core.hooks import Observer, cross_entropy_loss
+from lth_core.mask_sources import MaskRequest
 from lth_core.masks import Mask
 from lth_core.models import build_model, load_ticket_weights
-from lth_core.pruning import prune_to_sparsity
+from lth_core.pruning import refuse_empty_layers
 from lth_core.store import ArtifactStore, CorruptArtifactError
-from lth_core.training import EpochCallback, EpochRecord, Runtime, TrainResult, fit, state_copy
+from lth_core.training import EpochCallback, EpochRecord, Payload, Runtime, TrainResult, fit, state_copy
 from lth_core.tweaks.distillation import Teacher, load_teacher
 
 log = logging.getLogger(__name__)
@@ -72,9 +78,11 @@ def _sound(store: ArtifactStore, path: str, then: str, *, warn: bool = True, exp
 
 
 # Required keys and types of the JSON artifacts: valid JSON of another shape counts as corrupt.
-SUMMARY_SHAPE = {"key": str, "config": dict, "dense": dict, "levels": list}
+# A draw at initialisation has "dense": null, and levels without accuracies.
+SUMMARY_SHAPE = {"key": str, "config": dict, "levels": list}
 DENSE_METRICS_SHAPE = {"summary": dict, "history": list}
 LEVEL_METRICS_SHAPE = {"level": int, "sparsity": float, "summary": dict, "history": list}
+AT_INIT_LEVEL_SHAPE = {"level": int, "sparsity": float}
 RESULT_SHAPE = {"spend_key": str, "ticket_key": str, "level": int, "sparsity": float, "tweak": str,
                 "test_acc": float, "best_val_acc": float, "history": list}
 SUMMARY_FIELDS = {"best_val_acc": float, "test_acc": float}
@@ -87,12 +95,25 @@ def _read_json(store: ArtifactStore, shape: dict[str, type], then: str) -> Calla
         if problem is None and "summary" in shape:
             problem = _shape_problem(data["summary"], SUMMARY_FIELDS, "summary.")
         if problem is None and shape is SUMMARY_SHAPE:
-            problem = next(filter(None, (_shape_problem(lv, {"level": int, "sparsity": float, **SUMMARY_FIELDS},
-                                                        "levels[].") for lv in data["levels"])), None)
+            problem = _summary_problem(data)
         if problem is not None:
             raise CorruptArtifactError(f"valid JSON of the wrong shape: {problem}")
         return data
     return read
+
+
+def _summary_problem(summary: dict[str, Any]) -> str | None:
+    """A trained draw's summary holds dense and per-level accuracies; one at initialisation has none."""
+    try:
+        at_init = from_dict(TicketConfig, summary["config"]).pruning.source.at_init
+    except ValueError as e:
+        return f"config: {str(e).splitlines()[0][:120]}"
+    if at_init and summary.get("dense") is not None:
+        return "dense is set, but a draw at initialisation trains no dense net"
+    problem = None if at_init else _shape_problem(summary.get("dense"), SUMMARY_FIELDS, "dense.")
+    level_shape = AT_INIT_LEVEL_SHAPE if at_init else {**AT_INIT_LEVEL_SHAPE, **SUMMARY_FIELDS}
+    return problem or next(filter(None, (_shape_problem(lv, level_shape, "levels[].") for lv in summary["levels"])),
+                           None)
 
 
 def _shape_problem(data: Any, shape: dict[str, type], prefix: str = "") -> str | None:
@@ -121,8 +142,9 @@ def _train_stage(store: ArtifactStore, checkpoint_path: str, model: nn.Module, d
     """Train one stage of a draw with the dense recipe, checkpointing each epoch to the store."""
     resume = _read_if_valid(store.read_torch, checkpoint_path, f"{stage} starts from its first epoch")
 
-    def on_epoch(record: EpochRecord, payload: Callable[[], dict[str, Any]]) -> None:
-        store.write_torch(checkpoint_path, payload())
+    def on_epoch(record: EpochRecord, payload: Payload) -> None:
+        if payload.due:  # the recipe's checkpoint cadence
+            store.write_torch(checkpoint_path, payload())
         if on_stage_epoch is not None:
             on_stage_epoch(stage, record)
 
@@ -169,13 +191,19 @@ def read_draw(key: str, store: ArtifactStore) -> tuple[dict[str, Any] | None, li
 
 
 def draw_problems(ticket: TicketConfig, store: ArtifactStore) -> list[str]:
-    """The files of a finished draw that are missing or corrupt (checksum or JSON shape)."""
+    """The files of a finished draw that are missing or corrupt (checksum or JSON shape). The dense
+    run of a draw at initialisation is not part of it: it is checked when a spend needs it."""
     key = ticket.key
-    tensors = [paths.rewind_weights(key, e) for e in ticket.rewind_epochs] + [paths.dense_final(key)]
-    jsons = [(paths.dense_metrics(key), DENSE_METRICS_SHAPE)]
-    for level in range(1, ticket.num_levels + 1):
-        tensors += [paths.level_mask(key, level), paths.level_final(key, level)]
-        jsons.append((paths.level_metrics(key, level), LEVEL_METRICS_SHAPE))
+    levels = range(1, ticket.num_levels + 1)
+    if ticket.pruning.source.at_init:
+        tensors = [paths.rewind_weights(key, 0)] + [paths.level_mask(key, level) for level in levels]
+        jsons = [(paths.level_metrics(key, level), AT_INIT_LEVEL_SHAPE) for level in levels]
+    else:
+        tensors = _dense_files(ticket)
+        jsons = [(paths.dense_metrics(key), DENSE_METRICS_SHAPE)]
+        for level in levels:
+            tensors += [paths.level_mask(key, level), paths.level_final(key, level)]
+            jsons.append((paths.level_metrics(key, level), LEVEL_METRICS_SHAPE))
     problems = [p for p in tensors if not store.verify(p)]
     for path, shape in jsons:
         try:
@@ -185,50 +213,82 @@ def draw_problems(ticket: TicketConfig, store: ArtifactStore) -> list[str]:
     return problems
 
 
+def _dense_files(ticket: TicketConfig) -> list[str]:
+    return [paths.rewind_weights(ticket.key, e) for e in ticket.rewind_epochs] + [paths.dense_final(ticket.key)]
+
+
+def _dense_locked(ticket: TicketConfig, store: ArtifactStore, runtime: Runtime, dataset: Dataset,
+                  on_stage_epoch: StageCallback | None, then: str) -> tuple[dict[str, Any], bool]:
+    """The dense run's metrics, read back when its files are sound, else trained (under the ticket's
+    lock); True when it was trained now."""
+    key = ticket.key
+    metrics = _read_if_valid(_read_json(store, DENSE_METRICS_SHAPE, then), paths.dense_metrics(key), then)
+    sound = all([_sound(store, p, then) for p in _dense_files(ticket)])  # a list: each corrupt file is named
+    if metrics is not None and sound:
+        return metrics, False
+    model = runtime.prepare(build_ticket_model(ticket, dataset))
+    result = _train_stage(store, paths.dense_checkpoint(key), model, dataset, ticket, runtime, mask=None,
+                          keep_epochs=ticket.rewind_epochs, stage="dense", on_stage_epoch=on_stage_epoch)
+    for epoch, state in result.snapshots.items():
+        store.write_tensors(paths.rewind_weights(key, epoch), state)
+    store.write_tensors(paths.dense_final(key), state_copy(model))
+    metrics = _metrics(result)
+    store.write_json(paths.dense_metrics(key), metrics)
+    store.delete(paths.dense_checkpoint(key))
+    return metrics, True
+
+
+def dense_run(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallback | None = None
+              ) -> dict[str, Any]:
+    """The ticket's dense run (metrics), trained once when missing: a draw at initialisation trains
+    it only for a spend that needs it (a distillation teacher, a rewind point)."""
+    then = "the dense run is trained again"
+    metrics = _read_if_valid(_read_json(store, DENSE_METRICS_SHAPE, then), paths.dense_metrics(ticket.key), then,
+                             warn=False)
+    if metrics is not None and all(store.verify(p) for p in _dense_files(ticket)):
+        return metrics
+    with store.lock(paths.ticket_lock(ticket.key)):
+        runtime = Runtime.resolve(ticket.recipe)
+        return _dense_locked(ticket, store, runtime, dataset_on(ticket.data, runtime.device), on_stage_epoch,
+                             then)[0]
+
+
 def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallback | None) -> dict[str, Any]:
     key = ticket.key
     store.write_json(paths.ticket_config(key), {"key": key, "config": to_dict(ticket)})
     runtime = Runtime.resolve(ticket.recipe)
     dataset = dataset_on(ticket.data, runtime.device)
+    if ticket.pruning.source.at_init:
+        return _draw_at_init(ticket, store, runtime, dataset)
 
     levels_range = range(1, ticket.num_levels + 1)
-    dense_files = [paths.rewind_weights(key, e) for e in ticket.rewind_epochs] + [paths.dense_final(key)]
-    then = "the dense run and every level are recomputed"
-    dense_metrics = _read_if_valid(_read_json(store, DENSE_METRICS_SHAPE, then), paths.dense_metrics(key), then)
-    dense_sound = all([_sound(store, p, then) for p in dense_files])  # a list: each corrupt file is named
-    if dense_metrics is None or not dense_sound:
+    dense_metrics, retrained = _dense_locked(ticket, store, runtime, dataset, on_stage_epoch,
+                                             "the dense run and every level are recomputed")
+    if retrained:
         for level in levels_range:  # every level derives from the dense run
             store.delete(paths.level_dir(key, level))
-        model = runtime.prepare(build_ticket_model(ticket, dataset))
-        result = _train_stage(store, paths.dense_checkpoint(key), model, dataset, ticket, runtime, mask=None,
-                              keep_epochs=ticket.rewind_epochs, stage="dense", on_stage_epoch=on_stage_epoch)
-        for epoch, state in result.snapshots.items():
-            store.write_tensors(paths.rewind_weights(key, epoch), state)
-        store.write_tensors(paths.dense_final(key), state_copy(model))
-        dense_metrics = _metrics(result)
-        store.write_json(paths.dense_metrics(key), dense_metrics)
-        store.delete(paths.dense_checkpoint(key))
 
     rewind_path = paths.rewind_weights(key, ticket.pruning.rewind_epoch)
     rewind_state = store.read_tensors(rewind_path)
     pruning = ticket.pruning
     levels = []
-    prev_weights = store.read_tensors(paths.dense_final(key))
     model = runtime.prepare(build_ticket_model(ticket, dataset))
+    prev_weights = store.read_tensors(paths.dense_final(key))
     prev_mask = Mask.ones_like(model, pruning.prune_linear)
+    sequential = pruning.source.weights == "previous_level"
     for level, sparsity in zip(levels_range, pruning.level_sparsities()):
-        then = (f"level {level} and the levels after it are recomputed" if pruning.method == "imp"
+        then = (f"level {level} and the levels after it are recomputed" if sequential
                 else f"level {level} is recomputed")
         mask = _read_if_valid(_read_mask(store), paths.level_mask(key, level), then)
         metrics = _read_if_valid(_read_json(store, LEVEL_METRICS_SHAPE, then), paths.level_metrics(key, level), then)
         final_sound = _sound(store, paths.level_final(key, level), then)
         if mask is None or metrics is None or not final_sound:
-            if pruning.method == "imp":  # later IMP levels are pruned from this one's weights
+            if sequential:  # later IMP levels are pruned from this one's weights
                 for later in range(level + 1, ticket.num_levels + 1):
                     store.delete(paths.level_dir(key, later))
             if mask is None:
-                mask = prune_to_sparsity(prev_weights, prev_mask, sparsity, scope=pruning.scope,
-                                         allow_empty_layers=pruning.allow_empty_layers)
+                model.load_state_dict(prev_weights)
+                mask = _draw_mask(ticket, model, prev_mask, sparsity, dataset)
                 store.write_bytes(paths.level_mask(key, level), mask.to_bytes())
             model.load_state_dict(rewind_state)
             result = _train_stage(store, paths.level_checkpoint(key, level), model, dataset, ticket, runtime,
@@ -239,12 +299,58 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
             store.write_json(paths.level_metrics(key, level), metrics)
             store.delete(paths.level_checkpoint(key, level))
         levels.append({"level": level, "sparsity": metrics["sparsity"], **metrics["summary"]})
-        if pruning.method == "imp":
+        if sequential:
             prev_weights, prev_mask = store.read_tensors(paths.level_final(key, level)), mask
 
     summary = {"key": key, "config": to_dict(ticket), "dense": dense_metrics["summary"], "levels": levels}
     store.write_json(paths.ticket_summary(key), summary)
     return summary
+
+
+def _draw_at_init(ticket: TicketConfig, store: ArtifactStore, runtime: Runtime, dataset: Dataset) -> dict[str, Any]:
+    """Every level's mask scored on the ticket's initialisation (stored as rewind point 0); no training."""
+    key, pruning = ticket.key, ticket.pruning
+    model = runtime.prepare(build_ticket_model(ticket, dataset))
+    if not _sound(store, paths.rewind_weights(key, 0), "it is written again"):
+        store.write_tensors(paths.rewind_weights(key, 0), state_copy(model))
+    everything = Mask.ones_like(model, pruning.prune_linear)
+    levels = []
+    for level, sparsity in zip(range(1, ticket.num_levels + 1), pruning.level_sparsities()):
+        then = f"level {level}'s mask is drawn again"
+        mask = _read_if_valid(_read_mask(store), paths.level_mask(key, level), then)
+        metrics = _read_if_valid(_read_json(store, AT_INIT_LEVEL_SHAPE, then), paths.level_metrics(key, level), then)
+        if mask is None:
+            mask = _draw_mask(ticket, model, everything, sparsity, dataset)
+            store.write_bytes(paths.level_mask(key, level), mask.to_bytes())
+            metrics = None
+        if metrics is None:
+            metrics = {"level": level, "sparsity": mask.sparsity, "target_sparsity": sparsity,
+                       "start": paths.rewind_weights(key, 0), "layer_sparsity": mask.layer_sparsity()}
+            store.write_json(paths.level_metrics(key, level), metrics)
+        levels.append({"level": level, "sparsity": metrics["sparsity"]})
+    summary = {"key": key, "config": to_dict(ticket), "dense": None, "levels": levels}
+    store.write_json(paths.ticket_summary(key), summary)
+    return summary
+
+
+def _draw_mask(ticket: TicketConfig, model: nn.Module, previous: Mask, sparsity: float, dataset: Dataset) -> Mask:
+    """One level's mask from the ticket's source, scoring `model`'s current weights."""
+    pruning = ticket.pruning
+    batch_size = min(ticket.recipe.batch_size, len(dataset.train_y))
+
+    def batches(n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator()
+        generator.manual_seed(ticket.seed)
+        return itertools.islice(iterate_batches(dataset, "train", batch_size, generator=generator, shuffle=True,
+                                                drop_last=True), n)
+
+    mask = pruning.source.mask(MaskRequest(
+        model=model, previous=previous, sparsity=sparsity, seed=ticket.seed, scope=pruning.scope,
+        allow_empty_layers=pruning.allow_empty_layers, batches=batches,
+        input_shape=(dataset.in_channels, dataset.image_size, dataset.image_size)))
+    if not pruning.allow_empty_layers:
+        refuse_empty_layers(mask, sparsity)
+    return mask
 
 
 def _read_mask(store: ArtifactStore) -> Callable[[str], Mask]:
@@ -281,6 +387,8 @@ class SpendRun:
         ticket = self.spend.ticket
 
         def build() -> nn.Module:
+            if ticket.pruning.source.at_init:
+                dense_run(ticket, self.store)
             model = build_ticket_model(ticket, self.dataset)
             load_ticket_weights(model, self.store.read_tensors(paths.dense_final(ticket.key)))
             return self.runtime.prepare(model)
@@ -329,17 +437,22 @@ def prepare_spend(spend: SpendConfig, store: ArtifactStore, *, with_init: bool =
 
 def _starting_model(run: SpendRun) -> tuple[nn.Module, Mask | None]:
     spend = run.spend
+    start = tweaks.start_epoch(spend.tweaks)
+    if start > 0 and spend.ticket.pruning.source.at_init:
+        dense_run(spend.ticket, run.store)
     model = build_ticket_model(spend.ticket, run.dataset)
-    model.load_state_dict(run.store.read_tensors(paths.rewind_weights(spend.ticket.key,
-                                                                      tweaks.start_epoch(spend.tweaks))))
+    model.load_state_dict(run.store.read_tensors(paths.rewind_weights(spend.ticket.key, start)))
     for tweak, value in spend.tweaks.active():
         if "model" in tweak.hooks():
             tweak.model(value, model, run)
     model = run.runtime.prepare(model)
-    mask = load_level(spend.ticket, spend.level, run.store)
-    if mask is not None:
-        mask.apply_(model)
-    return model, mask
+    run.mask = load_level(spend.ticket, spend.level, run.store)
+    for tweak, value in spend.tweaks.active():
+        if "mask" in tweak.hooks() and run.mask is not None:
+            run.mask = tweak.mask(value, run.mask, run)
+    if run.mask is not None:
+        run.mask.apply_(model)
+    return model, run.mask
 
 
 def train_spend(run: SpendRun, *, resume: dict[str, Any] | None = None, persist_checkpoints: bool = True,
@@ -353,12 +466,11 @@ def train_spend(run: SpendRun, *, resume: dict[str, Any] | None = None, persist_
         run.init_records = dict(resume.get("init_records", {}))
         run.earlier_seconds = float(resume.get("spend_seconds", 0.0))
 
-    def checkpoint_epoch(record: EpochRecord, payload: Callable[[], dict[str, Any]]) -> None:
-        def full_payload() -> dict[str, Any]:
-            return {**payload(), "init_records": run.init_records, "spend_key": spend.key,
-                    "spend_seconds": run.seconds()}
-
-        if persist_checkpoints:
+    def checkpoint_epoch(record: EpochRecord, payload: Payload) -> None:
+        # One payload (built once) for the store and `on_epoch`, as due as the recipe's cadence says.
+        full_payload = payload.extended(lambda: {"init_records": run.init_records, "spend_key": spend.key,
+                                                 "spend_seconds": run.seconds()})
+        if persist_checkpoints and payload.due:
             store.write_torch(checkpoint_path, full_payload())
         if on_epoch is not None:
             on_epoch(record, full_payload)
@@ -378,7 +490,7 @@ def record_spend(run: SpendRun, result: TrainResult, observers: Sequence[Observe
     """The spend's result, with its final weights, written to the store (result.json last)."""
     spend = run.spend
     levels = {lv["level"]: lv for lv in run.draw_summary["levels"]}
-    dense_acc = run.draw_summary["dense"]["test_acc"]
+    dense_acc = _dense_test_acc(run)
     out = {
         "spend_key": spend.key,
         "ticket_key": spend.ticket.key,
@@ -388,7 +500,7 @@ def record_spend(run: SpendRun, result: TrainResult, observers: Sequence[Observe
         "config": to_dict(spend),
         **result.summary(),
         "spend_seconds": run.seconds(),
-        "vanilla_test_acc": levels[spend.level]["test_acc"] if spend.level in levels else dense_acc,
+        "vanilla_test_acc": levels[spend.level].get("test_acc") if spend.level in levels else dense_acc,
         "dense_test_acc": dense_acc,
         "history": [vars(r) for r in result.history],
         "init_records": run.init_records,
@@ -397,6 +509,17 @@ def record_spend(run: SpendRun, result: TrainResult, observers: Sequence[Observe
     run.store.write_tensors(paths.spend_weights(spend.key), state_copy(run.model))
     run.store.write_json(paths.spend_result(spend.key), out)
     return out
+
+
+def _dense_test_acc(run: SpendRun) -> float | None:
+    """The dense net's test accuracy: the draw's, or for a draw at initialisation its dense run's
+    when a spend has trained it (None until then)."""
+    if run.draw_summary["dense"] is not None:
+        return run.draw_summary["dense"]["test_acc"]
+    then = "it is trained again when a spend needs it"
+    metrics = _read_if_valid(_read_json(run.store, DENSE_METRICS_SHAPE, then),
+                             paths.dense_metrics(run.spend.ticket.key), then, warn=False)
+    return metrics["summary"]["test_acc"] if metrics is not None else None
 
 
 def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: EpochCallback | None = None,

@@ -180,6 +180,28 @@ class ArtifactStore:
             if not p.endswith(SIDECAR_SUFFIX) and p + SIDECAR_SUFFIX in files
         )
 
+    def leftovers(self, prefix: str = "") -> list[str]:
+        """Sorted relative paths under the folder `prefix` that are not complete artifacts: a data
+        file without its sidecar (an unfinished write), a sidecar without its data, a temporary
+        file. Lock files are left out."""
+        base = self._full(_prefix_path(prefix, allow_root=True))
+        if self._fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        start = len(self._root) + 1
+        files = {info.path[start:] for info in self._fs.get_file_info(pafs.FileSelector(base, recursive=True))
+                 if info.type == pafs.FileType.File}
+        complete = set(self.list(prefix))
+        return sorted(p for p in files if p.split("/", 1)[0] != LOCKS_DIR and p not in complete
+                      and not (p.endswith(SIDECAR_SUFFIX) and p[:-len(SIDECAR_SUFFIX)] in complete))
+
+    def delete_leftover(self, path: str) -> None:
+        """Delete one file `leftovers` names (only while nothing writes to the store: a temporary
+        file may be a write in flight)."""
+        if path not in self.leftovers(path.rsplit("/", 1)[0] if "/" in path else ""):
+            raise ValueError(f"{path!r} is not a leftover of store {self.uri}")
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.delete_file(self._full(path))
+
     # ------------------------------------------------------------ typed views
 
     def write_json(self, path: str, obj: Any) -> None:
@@ -233,9 +255,12 @@ class ArtifactStore:
 
         On a local filesystem acquisition is exclusive (``O_CREAT|O_EXCL``) and the
         take-over of an expired lock is serialised by an ``flock`` on a guard file next
-        to it. Object stores have no exclusive create: the lock is written, read back
-        after `lock_settle_seconds` and held only if it still carries our token. That is
-        best effort; two writers racing within the settle delay could both proceed.
+        to it. On S3 it is exact through conditional writes: ``If-None-Match: *`` creates
+        the lock only where there is none, ``If-Match: <etag>`` takes over, renews and
+        deletes only the record last read (AWS, MinIO). A server without conditional
+        writes, and other object stores, get best effort with a warning: the lock is
+        written, read back after `lock_settle_seconds` and held only if it still carries
+        our token; two writers racing within the settle delay could both proceed.
         Expiry times are wall-clock seconds, so hosts sharing a store need synced clocks.
         """
         if lease_seconds <= 0:
@@ -245,7 +270,7 @@ class ArtifactStore:
             self._check_inside(lock_path + _GUARD_SUFFIX, f"{LOCKS_DIR}/{name}.lock{_GUARD_SUFFIX}")
             backend: _LockBackend = _LocalLockFile(Path(lock_path))
         else:
-            backend = _ObjectStoreLockFile(self._fs, lock_path, self.lock_settle_seconds)
+            backend = _object_store_lock(self.uri, self._fs, lock_path, self.lock_settle_seconds)
         owner = {"token": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         deadline = None if timeout is None else time.monotonic() + timeout
         while not backend.try_acquire(_stamped(owner, lease_seconds), lease_seconds):
@@ -470,11 +495,113 @@ class _ObjectStoreLockFile:
             stream.write(_encode(record))
 
 
+class _ConditionalS3LockFile:
+    """Exact locks on S3 through conditional writes: create with If-None-Match, take over, renew
+    and delete with If-Match on the ETag last read, so two writers can never both succeed."""
+
+    def __init__(self, client: Any, bucket: str, key: str):
+        self.client, self.bucket, self.key = client, bucket, key
+
+    def try_acquire(self, record: dict[str, Any], lease_seconds: float) -> bool:
+        holder, etag = self._read(lease_seconds)
+        if holder is not None and _held(holder):
+            return False
+        acquired = self._put(record, if_none_match="*") if holder is None else self._put(record, if_match=etag)
+        if acquired and holder is not None:
+            log.info("took over expired lock s3://%s/%s held by %s", self.bucket, self.key, _describe(holder))
+        return acquired
+
+    def holder(self, lease_seconds: float) -> dict[str, Any] | None:
+        return self._read(lease_seconds)[0]
+
+    def renew(self, record: dict[str, Any], lease_seconds: float) -> bool:
+        holder, etag = self._read(lease_seconds)
+        return holder is not None and holder.get("token") == record["token"] and self._put(record, if_match=etag)
+
+    def release(self, token: str) -> None:
+        holder, etag = self._read(0.0)
+        if holder is not None and holder.get("token") == token:
+            with contextlib.suppress(self.client.exceptions.ClientError):  # taken over meanwhile: theirs now
+                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=etag)
+
+    def supports_conditional_writes(self) -> bool:
+        """Probe once: a conditional create of a scratch object, then its removal."""
+        probe = f"{self.key}.probe-{uuid.uuid4().hex}"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"", IfNoneMatch="*")
+        except self.client.exceptions.ClientError as e:
+            if _error_code(e) in ("NotImplemented", "501", "InvalidArgument"):
+                return False
+            raise
+        self.client.delete_object(Bucket=self.bucket, Key=probe)
+        return True
+
+    def _read(self, lease_seconds: float) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except self.client.exceptions.NoSuchKey:
+            return None, None
+        raw = response["Body"].read()
+        record = _parse_lock(raw)
+        if record is None:
+            record = _unreadable_lock(response["LastModified"].timestamp(), lease_seconds)
+        return record, response["ETag"]
+
+    def _put(self, record: dict[str, Any], **condition: str) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=_encode(record),
+                                   **{"IfNoneMatch" if k == "if_none_match" else "IfMatch": v
+                                      for k, v in condition.items()})
+        except self.client.exceptions.ClientError as e:
+            if _error_code(e) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey"):
+                return False  # another writer got there first
+            raise
+        return True
+
+
+_WARNED_BEST_EFFORT: set[str] = set()  # stores warned about best-effort locks
+_SUPPORTS_CONDITIONAL: set[str] = set()  # stores whose server took the conditional-write probe
+
+
+def _object_store_lock(uri: str, fs: pafs.FileSystem, lock_path: str, settle_seconds: float) -> _LockBackend:
+    """Exact conditional-write locks on S3 where the server supports them, else best effort
+    (with one warning per store)."""
+    parts = urlsplit(uri)
+    reason = f"{parts.scheme}:// has no conditional writes"
+    if parts.scheme == "s3":
+        try:
+            import boto3
+
+            endpoint = (dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p).get("endpoint_override")
+                        or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+            if endpoint and "://" not in endpoint:
+                endpoint = f"https://{endpoint}"
+            bucket, key = lock_path.split("/", 1)
+            backend = _ConditionalS3LockFile(boto3.client("s3", endpoint_url=endpoint), bucket, key)
+            if uri in _SUPPORTS_CONDITIONAL or backend.supports_conditional_writes():
+                _SUPPORTS_CONDITIONAL.add(uri)
+                return backend
+            reason = "the S3 server refused a conditional write (If-None-Match)"
+        except ImportError:
+            reason = "boto3 is not installed"
+    if uri not in _WARNED_BEST_EFFORT:
+        _WARNED_BEST_EFFORT.add(uri)
+        log.warning("warning: locks in %s are best effort (%s): two workers starting the same draw within %.1fs "
+                    "could both compute it", uri, reason, settle_seconds)
+    return _ObjectStoreLockFile(fs, lock_path, settle_seconds)
+
+
+def _error_code(error: Exception) -> str:
+    response = getattr(error, "response", {}) or {}
+    return str(response.get("Error", {}).get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+
+
 # ------------------------------------------------------------------ helpers
 
 def _held(holder: dict[str, Any]) -> bool:
     """Whether a lock still binds: its lease runs and, when the holder is a process on this
-    host, that process is alive (a crashed local holder is taken over at once, not after its lease)."""
+    host, that process can still work (a crashed, zombie or stopped local holder is taken over
+    at once, not after its lease; a stopped one that resumes finds its lease lost)."""
     if holder["expires"] <= time.time():
         return False
     pid = holder.get("pid")
@@ -486,7 +613,19 @@ def _held(holder: dict[str, Any]) -> bool:
         return False
     except PermissionError:
         pass
-    return True
+    return _process_state(pid) not in GONE_STATES
+
+
+GONE_STATES = ("Z", "X", "T", "t")  # zombie, dead, stopped, stopped by a tracer (proc(5))
+
+
+def _process_state(pid: int) -> str | None:
+    """The one-letter state of a local process from /proc (None where there is no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split(" ", 1)[0]  # the name in parentheses may hold spaces
 
 
 def _stamped(owner: dict[str, Any], lease_seconds: float) -> dict[str, Any]:

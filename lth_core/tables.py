@@ -14,12 +14,19 @@ if TYPE_CHECKING:
 
 
 def format_levels(summary: dict[str, Any]) -> str:
-    """The per-level table of a draw: sparsity and vanilla LTH accuracy."""
-    lines = [f"ticket {summary['key']}  ({summary['config']['model']['arch']} on {summary['config']['data']['name']})",
-             f"{'level':>5}  {'sparsity':>8}  {'best val':>8}  {'test acc':>8}",
-             f"{0:>5}  {0.0:>8.2%}  {summary['dense']['best_val_acc']:>8.2%}  {summary['dense']['test_acc']:>8.2%}  (dense)"]
+    """The per-level table of a draw: sparsity and vanilla LTH accuracy (a draw at initialisation
+    trains nothing: its table has the sparsities only)."""
+    config = summary["config"]
+    method = config.get("pruning", {}).get("method", "imp")
+    lines = [f"ticket {summary['key']}  ({config['model']['arch']} on {config['data']['name']}, {method} masks)",
+             f"{'level':>5}  {'sparsity':>8}  {'best val':>8}  {'test acc':>8}"]
+    dense = summary["dense"]
+    if dense is not None:
+        lines.append(f"{0:>5}  {0.0:>8.2%}  {dense['best_val_acc']:>8.2%}  {dense['test_acc']:>8.2%}  (dense)")
     for lv in summary["levels"]:
-        lines.append(f"{lv['level']:>5}  {lv['sparsity']:>8.2%}  {lv['best_val_acc']:>8.2%}  {lv['test_acc']:>8.2%}")
+        accs = (f"{lv['best_val_acc']:>8.2%}  {lv['test_acc']:>8.2%}" if "test_acc" in lv
+                else f"{'-':>8}  {'-':>8}  (mask at initialisation)")
+        lines.append(f"{lv['level']:>5}  {lv['sparsity']:>8.2%}  {accs}")
     return "\n".join(lines)
 
 

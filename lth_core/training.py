@@ -2,9 +2,14 @@
 
 `fit` trains a (possibly masked) model epoch by epoch, calling its `TrainHook`s
 (`lth_core.hooks`) at fixed points. After each epoch it hands the caller an
-`EpochRecord` and a way to build a checkpoint payload; feeding that payload back
-as `resume` continues to the same final weights as an uninterrupted run (model,
+`EpochRecord` and a way to build a checkpoint payload (`Payload`, which also says
+whether the recipe's cadence wants it persisted); feeding that payload back as
+`resume` continues to the same final weights as an uninterrupted run (model,
 optimizer, scheduler, data RNG and every hook's state are restored).
+
+The test split is evaluated only when the validation accuracy reaches a new best and
+after the last epoch: the reported test accuracy is the best-validation epoch's, so
+evaluating it at every other epoch only cost time.
 """
 
 from __future__ import annotations
@@ -35,15 +40,16 @@ class Runtime:
 
     @classmethod
     def resolve(cls, recipe: RecipeConfig) -> Runtime:
+        """'auto' precision is bf16 only where the GPU has it natively; an explicit 'bf16' is honoured
+        on the CPU too (CPU autocast), so the GPU's mixed-precision path can be tested without one."""
         if recipe.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("recipe.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
         device = torch.device("cuda" if recipe.device != "cpu" and torch.cuda.is_available() else "cpu")
         on_cuda = device.type == "cuda"
-        if recipe.precision == "bf16" and not on_cuda:
-            raise RuntimeError("recipe.precision 'bf16' needs a CUDA device; use 'auto' or 'fp32' on the CPU")
         native_bf16 = on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
         bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and native_bf16)
-        return cls(device=device, bf16=bf16, channels_last=on_cuda and recipe.channels_last)
+        channels_last = recipe.channels_last if on_cuda else recipe.channels_last_cpu
+        return cls(device=device, bf16=bf16, channels_last=channels_last)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:
@@ -64,6 +70,9 @@ class Runtime:
 
 @dataclass(frozen=True)
 class EpochRecord:
+    """One epoch's numbers. `test_acc` is measured when `val_acc` is a new best and after the last
+    epoch; in the epochs between it repeats the best-validation epoch's so far."""
+
     epoch: int
     lr: float
     train_loss: float
@@ -92,11 +101,35 @@ class TrainResult:
                 "wall_seconds": self.wall_seconds}
 
 
-EpochCallback = Callable[[EpochRecord, Callable[[], dict[str, Any]]], None]
+class Payload:
+    """An epoch's checkpoint, built on the first call and the same object on every call after it,
+    so each writer (store, Tune, a test) shares one copy of the weights. `due` says whether the
+    recipe's cadence (`RecipeConfig.checkpoint_seconds`) wants it persisted: writers skip it
+    otherwise, and a caller that only looks at it may still build it. Build it during the
+    `on_epoch` call: later it would hold later weights."""
+
+    def __init__(self, build: Callable[[], dict[str, Any]], due: bool):
+        self._build = build
+        self._built: dict[str, Any] | None = None
+        self.due = due
+
+    def __call__(self) -> dict[str, Any]:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def extended(self, extra: Callable[[], dict[str, Any]]) -> Payload:
+        """This payload with the entries of `extra()` added, equally due, built once as well."""
+        return Payload(lambda: {**self(), **extra()}, self.due)
+
+
+EpochCallback = Callable[[EpochRecord, Payload], None]
 
 
 def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    """The weights on the CPU in the contiguous format, copied once (a channels_last tensor too)."""
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for k, v in model.state_dict().items()}
 
 
 @torch.no_grad()
@@ -126,7 +159,8 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
     every optimizer step so pruned weights stay exactly zero. Snapshots of the weights after the
     epochs in `keep_epochs` (0 = before training) are returned for rewinding. When a hook's
     `on_train_end` replaces the weights, the last epoch's record is re-evaluated on them, so
-    the history always ends with the weights `fit` returns."""
+    the history always ends with the weights `fit` returns. `on_epoch` gets each epoch's record
+    and its `Payload`; the time it takes counts towards the checkpoint cadence."""
     keep = set(keep_epochs)
     applier = MaskApplier(model, mask) if mask is not None else None
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
@@ -160,6 +194,9 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
                 mask=mask, epochs=recipe.epochs, batch_size=recipe.batch_size, epoch=start_epoch)
     for hook in hooks:
         hook.on_train_start(loop)
+    best_val = max((r.val_acc for r in result.history), default=None)
+    test_acc = result.best.test_acc if result.history else None
+    unsaved_since = time.perf_counter()
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         started = time.perf_counter()
         loop.epoch = epoch
@@ -191,7 +228,9 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
         for hook in hooks:
             hook.on_epoch_end(loop)
         val_loss, val_acc = evaluate(model, dataset, "val", runtime)
-        _, test_acc = evaluate(model, dataset, "test", runtime)
+        if best_val is None or val_acc > best_val or epoch == recipe.epochs:
+            _, test_acc = evaluate(model, dataset, "test", runtime)
+        best_val = val_acc if best_val is None else max(best_val, val_acc)
         runtime.synchronize()
         seconds = time.perf_counter() - started
         record = EpochRecord(epoch=epoch, lr=lr, train_loss=float(train_loss) / max(seen, 1),
@@ -202,7 +241,13 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
         if epoch in keep:
             result.snapshots[epoch] = state_copy(model)
         if on_epoch is not None:
-            on_epoch(record, lambda: _checkpoint(model, optimizer, scheduler, generator, epoch, result, hooks))
+            # Due when waiting one more epoch (as long as this one) would leave over the cadence unsaved.
+            due = (epoch in (start_epoch + 1, recipe.epochs)
+                   or time.perf_counter() - unsaved_since + seconds > recipe.checkpoint_seconds)
+            on_epoch(record, Payload(lambda: _checkpoint(model, optimizer, scheduler, generator, epoch, result,
+                                                         hooks), due))
+            if due:
+                unsaved_since = time.perf_counter()
     replaced = [hook.on_train_end(loop) for hook in hooks]
     if any(replaced):
         if applier is not None:
@@ -219,7 +264,7 @@ def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
     """Everything `fit(resume=...)` needs; loadable with torch.load(weights_only=True)."""
     return {
         "epoch": epoch,
-        "model": state_copy(model),
+        "model": result.snapshots.get(epoch) or state_copy(model),  # a rewind snapshot is this epoch's weights
         "optimizer": _to_cpu(optimizer.state_dict()),
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),

@@ -17,7 +17,8 @@ import yaml
 
 from lth_core.config import (ConfigError, RecipeConfig, SpendConfig, TicketConfig, TweakConfig, from_dict,
                              read_mapping, recipe_overlay, replace, to_dict)
-from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, set_dotted
+from lth_core.flags import FlagTable, Parsed, add_flags, deep_merge, overrides, set_dotted
+from lth_core.mask_sources import SOURCES
 from lth_core.tweaks import REGISTRY
 
 
@@ -41,10 +42,12 @@ OptunaSpace.__module__ = __name__
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A tweak grid over the sparsity levels of one or more tickets."""
+    """A tweak grid over the sparsity levels of one or more tickets: one per mask source
+    (`prune_methods`, empty = the ticket's own `pruning.method`) and ticket seed."""
 
     name: str = "smoke"
     ticket: TicketConfig = TicketConfig()
+    prune_methods: tuple[str, ...] = ()
     ticket_seeds: tuple[int, ...] = (0,)
     spend_recipe: RecipeConfig | None = None
     levels: tuple[int, ...] = ()
@@ -52,7 +55,7 @@ class SweepConfig:
     combos: tuple[TweakConfig, ...] = (TweakConfig(),)
     store: str = "artifacts"
     tracking_uri: str = "sqlite:///mlflow.db"
-    results_dir: str = "~/ray_results"
+    results_dir: str = "ray_results"
     ray_address: str = "local"
     num_cpus: int = 0
     cpus_per_trial: float = 1.0
@@ -67,15 +70,27 @@ class SweepConfig:
     optuna_space: OptunaSpace = OptunaSpace()
 
     def __post_init__(self) -> None:
-        if not self.name or any(c in self.name for c in "/\\ "):
-            raise ConfigError("name", f"{self.name!r}: use a non-empty name without spaces or slashes")
+        if not self.name or any(c in self.name for c in "/\\ ") or ".." in self.name or self.name.startswith("."):
+            raise ConfigError("name", f"{self.name!r}: use a non-empty name without spaces, slashes, '..' or a "
+                                      "leading '.'")
+        for name, what in (("store", "a folder or a URI such as s3://bucket/prefix"),
+                           ("tracking_uri", "sqlite:///mlflow.db or http://<server>"),
+                           ("results_dir", "a folder (default ./ray_results)"),
+                           ("optuna_storage", "sqlite:///optuna.db or a database URL"),
+                           ("ray_address", "local, auto or host:port")):
+            if not getattr(self, name).strip():
+                raise ConfigError(name, f"is empty; give {what}")
+        for name, least in (("num_cpus", 0), ("max_concurrent", 0), ("asha_grace_epochs", 1)):
+            value = getattr(self, name)
+            if value < least:
+                raise ConfigError(name, f"must be >= {least}, got {value}")
         n = self.ticket.num_levels
         for level in self.levels:
             if not 0 <= level <= n:
                 raise ConfigError("levels", f"level {level} is not drawn: the ticket has levels 0..{n}")
         if not self.seeds or not self.ticket_seeds or not self.combos:
             raise ConfigError("seeds/ticket_seeds/combos", "each needs at least one entry")
-        for name in ("levels", "seeds", "ticket_seeds", "combos"):
+        for name in ("levels", "seeds", "ticket_seeds", "prune_methods", "combos"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ConfigError(name, f"lists an entry twice: {list(values)}")
@@ -97,7 +112,8 @@ class SweepConfig:
         return self.levels or tuple(range(1, self.ticket.num_levels + 1))
 
     def tickets(self) -> list[TicketConfig]:
-        return [replace(self.ticket, seed=s) for s in self.ticket_seeds]
+        methods = self.prune_methods or (self.ticket.pruning.method,)
+        return [replace(self.ticket, seed=s, **{"pruning.method": m}) for m in methods for s in self.ticket_seeds]
 
     def spends(self) -> list[SpendConfig]:
         return [SpendConfig(ticket=t, level=level, recipe=self.spend_recipe, tweaks=tweaks, seed=seed)
@@ -112,10 +128,9 @@ def _smoke() -> dict[str, Any]:
         "ticket": {"model": {"arch": "resnet18", "width": 0.25},
                    "recipe": {"epochs": 6, "batch_size": 64, "device": "cpu"},
                    "pruning": {"levels": 5}, "keep_epochs": [1]},
+        "prune_methods": ["imp", "random", "snip"],
         "levels": [2, 5],
-        "combos": [{}, {"activation": "swish"}, {"skip": "identity"}, {"label_smoothing": 0.1},
-                   {"kd": {}}, {"rescale_init": {"iterations": 20, "batch_size": 64}}, {"rewind_epoch": 1},
-                   {"swa": {}},
+        "combos": [{}, {"activation": "swish"}, {"init": "reinit"},
                    {"activation": "swish", "skip": "identity", "label_smoothing": 0.1, "rewind_epoch": 1}],
         "optuna_trials": 4,
         "optuna_space": {"activation": ["relu", "swish"], "skip": ["none", "identity"],
@@ -158,7 +173,8 @@ FLAGS: FlagTable = {
     "--name": ("name", str, "sweep name: MLflow experiment, Ray Tune experiment (rerun it to resume)"),
     "--store": ("store", str, "artifact store: folder or pyarrow URI (s3://bucket/prefix); default $LTH_STORE_URI or ./artifacts"),
     "--tracking-uri": ("tracking_uri", str, "MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db"),
-    "--results-dir": ("results_dir", str, "Ray Tune storage path (shared or s3:// on a multi-node cluster)"),
+    "--results-dir": ("results_dir", str, "Ray Tune storage path and its log file (shared or s3:// on a "
+                                          "multi-node cluster)"),
     "--ray-address": ("ray_address", str, "'local' (default) starts Ray in-process; 'auto' or an address joins a "
                                           "cluster; a driver started by `ray job submit` joins its cluster"),
     "--num-cpus": ("num_cpus", int, "CPUs of the in-process Ray (0 = all)"),
@@ -169,9 +185,13 @@ FLAGS: FlagTable = {
     "--epochs": ("ticket.recipe.epochs", int, "epochs of the dense run and each IMP level"),
     "--num-levels": ("ticket.pruning.levels", int, "IMP levels to draw"),
     "--device": ("ticket.recipe.device", str, "auto | cpu | cuda"),
-    "--levels": ("levels", "ints", "levels to spend, comma separated (preset smoke: 2,5; paper: all drawn)"),
+    "--levels": ("levels", "ints", "levels to spend, comma separated (default: smoke 2,5; paper every drawn "
+                                  "level); the number of levels to draw is --num-levels"),
     "--seeds": ("seeds", "ints", "re-training seeds, comma separated"),
     "--ticket-seeds": ("ticket_seeds", "ints", "one ticket per seed, comma separated"),
+    "--prune-methods": ("prune_methods", Parsed(lambda text: [m.strip() for m in text.split(",") if m.strip()],
+                                                "METHODS"),
+                        "mask sources, one draw each, comma separated: " + ", ".join(SOURCES)),
     "--cpus-per-trial": ("cpus_per_trial", float, "CPUs per trial"),
     "--gpus-per-trial": ("gpus_per_trial", float, "GPUs per trial (0.25 puts four trials on a GPU)"),
     "--max-concurrent": ("max_concurrent", int, "most trials at once (0 = as resources allow)"),
@@ -185,12 +205,39 @@ FLAGS: FlagTable = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS),
-                        help="starting point: smoke (digits, CPU, minutes) or paper (CIFAR-100, GPUs)")
+                        help="starting point: smoke (digits, CPU, minutes) or paper (CIFAR-100, GPUs) "
+                             "(default: smoke)")
     parser.add_argument("--config", help="YAML or JSON file with SweepConfig fields, laid over the preset")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any field, e.g. --set ticket.recipe.lr=0.05 (value parsed as YAML)")
-    add_flags(parser, FLAGS)
+    add_flags(parser, FLAGS, default_of=_preset_defaults())
     parser.add_argument("--dry-run", action="store_true", help="print the plan (draws, trials, resources) and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also: LTH_DEBUG=1)")
+
+
+def _preset_defaults() -> Any:
+    """`dotted field -> its default as --help shows it`: the presets' values where they set the
+    field ('smoke X; paper Y' when they differ), else SweepConfig's."""
+    from lth_core.flags import default_text, field_default
+
+    base = SweepConfig()
+    presets = {name: make() for name, make in PRESETS.items()}
+
+    def shown(dotted: str) -> str | None:
+        values = {}
+        for name, data in presets.items():
+            value = field_default(data, dotted)
+            if value is dataclasses.MISSING:
+                value = field_default(base, dotted)
+            if value is dataclasses.MISSING or dataclasses.is_dataclass(value):
+                return None
+            values[name] = default_text(tuple(value) if isinstance(value, list) else value)
+        if len(set(values.values())) == 1:
+            return next(iter(values.values()))
+        return "; ".join(f"{name} {value}" for name, value in values.items())
+
+    return shown
 
 
 def sweep_from_args(args: argparse.Namespace) -> SweepConfig:

@@ -20,8 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from lth_core import paths  # noqa: E402
 from lth_core.config import to_dict  # noqa: E402
 from lth_core.store import ArtifactStore  # noqa: E402
-from lth_core.tables import format_levels  # noqa: E402
-from sweeps import runner  # noqa: E402
+from sweeps import preflight, runner  # noqa: E402
 from sweeps.config import SweepConfig, add_arguments, sweep_from_args, trial_base  # noqa: E402
 from tracking.layout import KIND_GRID  # noqa: E402
 
@@ -37,25 +36,41 @@ def spend_space(sweep: SweepConfig, parent_run_id: str | None) -> dict:
 
 
 def summary_table(sweep: SweepConfig, store: ArtifactStore) -> str:
-    """Mean test accuracy per tweak (rows) and level (columns), from the stored results: the
-    numbers of the weights each spend ended with (after any tweak that replaces them at the end,
-    as SWA does). A combination ASHA stopped in every seed shows '-'."""
+    """Mean test accuracy per tweak (rows; per mask source and tweak when the sweep has several
+    sources) and level (columns), from the stored results: the numbers of the weights each spend
+    ended with (after any tweak that replaces them at the end, as SWA does). A combination ASHA
+    stopped in every seed shows '-'."""
     from collections import defaultdict
 
+    several = len({t.pruning.method for t in sweep.tickets()}) > 1
     cells: dict[tuple[str, int], list[float]] = defaultdict(list)
     for spend in sweep.spends():
         path = paths.spend_result(spend.key)
-        cell = cells[(spend.tweaks.describe(), spend.level)]
+        row = f"{spend.ticket.pruning.method}: " * several + spend.tweaks.describe()
+        cell = cells[(row, spend.level)]
         if store.exists(path):
             cell.append(store.read_json(path)["test_acc"])
     levels = sorted({lv for _, lv in cells})
-    tweaks = sorted({t for t, _ in cells}, key=lambda t: (t != "vanilla", t))
+    tweaks = list(dict.fromkeys(t for t, _ in cells))  # the grid's order: sources, then combos
     width = max(len(t) for t in tweaks)
     lines = [f"{'test acc':<{width}}  " + "  ".join(f"{'L' + str(lv):>7}" for lv in levels)]
     for t in tweaks:
         row = [sum(cells[(t, lv)]) / len(cells[(t, lv)]) if cells[(t, lv)] else None for lv in levels]
         lines.append(f"{t:<{width}}  " + "  ".join(f"{v:>7.2%}" if v is not None else f"{'-':>7}" for v in row))
     return "\n".join(lines)
+
+
+def draw_line(summary: dict) -> str:
+    """A draw in one line: its dense and vanilla LTH test accuracies per level (`format_levels`
+    is the full table); a draw at initialisation trained nothing and shows its sparsities."""
+    method = summary["config"].get("pruning", {}).get("method", "imp")
+    head = f"ticket {summary['key']} ({method})"
+    levels = summary["levels"]
+    if summary.get("dense") is None:
+        return f"{head}: masks at initialisation, sparsity " + " ".join(
+            f"L{lv['level']} {lv['sparsity']:.1%}" for lv in levels)
+    return (f"{head}: dense {summary['dense']['test_acc']:.2%}, vanilla LTH "
+            + " ".join(f"L{lv['level']} {lv['test_acc']:.2%}" for lv in levels))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     print(runner.plan_text(sweep, trials, KIND_GRID), file=sys.stderr)
     if args.dry_run:
         return 0
+    preflight.check(sweep)  # before Ray starts: nothing runs on a bad input
+    runner.start_logs(sweep)  # Ray's and MLflow's own output goes to the sweep's log file
     with runner.sweep_session(sweep, args.preset, KIND_GRID) as parent:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
@@ -83,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
         if not sweep.asha:  # ASHA stops trials on purpose
             runner.require_stored(sweep, [paths.spend_result(s.key) for s in sweep.spends()], name)
     store = ArtifactStore(sweep.store)
-    for ticket in sweep.tickets():  # vanilla LTH per level, from the draw
-        print(format_levels(store.read_json(paths.ticket_summary(ticket.key))) + "\n")
+    print()  # the tables on stdout, after the trial lines on stderr
+    for ticket in sweep.tickets():  # vanilla LTH per level, from the draw: one line each
+        print(draw_line(store.read_json(paths.ticket_summary(ticket.key))))
+    print(f"(per-level tables: python -m lth_core show --key KEY --store {sweep.store})\n")
     print(summary_table(sweep, store))
     print(f"\nsweep {sweep.name!r} finished in {runner.elapsed(started)}: {trials} trials.\n"
           f"MLflow UI: {runner.mlflow_ui_hint(sweep)}")

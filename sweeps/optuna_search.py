@@ -59,7 +59,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from lth_core.config import SpendConfig, TicketConfig, TweakConfig, to_dict  # noqa: E402
 from lth_core.tweaks import REGISTRY  # noqa: E402
-from sweeps import runner  # noqa: E402
+from sweeps import preflight, runner  # noqa: E402
 from sweeps.config import SweepConfig, add_arguments, sweep_from_args, trial_base  # noqa: E402
 from tracking import layout  # noqa: E402
 from tracking.probe import redact  # noqa: E402
@@ -86,11 +86,14 @@ class LevelStudy:
 
 
 def study_prefixes(sweep: SweepConfig) -> list[tuple[TicketConfig, str]]:
-    """(ticket, study prefix): the sweep name, or `<name>-ticket<seed>` when there are several tickets."""
+    """(ticket, study prefix): the sweep name, with `-<mask source>` when there are several sources
+    and `-ticket<seed>` when there are several ticket seeds. Each source gets studies of its own:
+    one study across sources would rank masks and tweaks together, on different vanilla baselines."""
     tickets = sweep.tickets()
-    if len(tickets) == 1:
-        return [(tickets[0], sweep.name)]
-    return [(t, f"{sweep.name}-ticket{t.seed}") for t in tickets]
+    several_methods = len({t.pruning.method for t in tickets}) > 1
+    several_seeds = len({t.seed for t in tickets}) > 1
+    return [(t, sweep.name + f"-{t.pruning.method}" * several_methods + f"-ticket{t.seed}" * several_seeds)
+            for t in tickets]
 
 
 def level_studies(sweep: SweepConfig) -> list[LevelStudy]:
@@ -401,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
     print(plan(sweep), file=sys.stderr)
     if args.dry_run:
         return 0
+    preflight.check(sweep, optuna=True)  # before Ray starts: nothing runs on a bad input
+    runner.start_logs(sweep)  # Ray's and MLflow's own output goes to the sweep's log file
     storage = open_storage(sweep.optuna_storage)
     space = optuna_space(sweep)
     studies = level_studies(sweep)

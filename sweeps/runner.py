@@ -7,10 +7,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from lth_core.config import ConfigError, canonical_json, to_dict
@@ -25,6 +28,15 @@ class SweepError(RuntimeError):
     """A sweep cannot start or did not finish; the message says what to do."""
 
 
+INFRA_RETRIES = 2
+"""How often trials that failed for a reason outside them (a killed worker, a lost node) are
+restarted from their last checkpoint. A trial error the trainables mark deterministic
+(`trainables.spend.TrialInputError`: a config, data or store error) is not retried: it would
+fail the same way again."""
+LOG_LOGGERS = ("ray", "alembic", "mlflow", "optuna", "py.warnings", "filelock")
+_log_path: str | None = None  # set by start_logs
+
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -36,13 +48,15 @@ def init_ray(sweep: SweepConfig) -> None:
         return
     if sweep.ray_address == "local":
         _init_local_ray(ray, sweep)
-        return
-    try:
-        ray.init(address=sweep.ray_address, log_to_driver=False)
-    except (ValueError, ConnectionError) as e:
-        shown = redact(sweep.ray_address)
-        raise SweepError(f"cannot join the Ray cluster at {shown!r} ({str(e).replace(sweep.ray_address, shown)}); "
-                         "check --ray-address, or use --ray-address local for an in-process Ray") from None
+    else:
+        try:
+            ray.init(address=sweep.ray_address, log_to_driver=False)
+        except (ValueError, ConnectionError) as e:
+            shown = redact(sweep.ray_address)
+            raise SweepError(f"cannot join the Ray cluster at {shown!r} ({str(e).replace(sweep.ray_address, shown)}); "
+                             "check --ray-address, or use --ray-address local for an in-process Ray") from None
+    if _log_path:  # a sweep's entry point started its log (start_logs): ray.init added its own handlers
+        log_to_file(_log_path)
 
 
 def _init_local_ray(ray: Any, sweep: SweepConfig) -> None:
@@ -110,24 +124,49 @@ def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: d
 
     path = f"{sweep.results_dir.rstrip('/')}/{name}"
     wrapped = tune.with_resources(trainable, resources(sweep))
-    restored = tune.Tuner.can_restore(path)
-    if restored:
+    lines = trial_lines(sweep, expected_trials)
+    if tune.Tuner.can_restore(path):
         print(f"restoring {name} from {redact(path)}", file=sys.stderr)
         tuner = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space, resume_errored=True)
     else:
+        # verbose=0: Tune's status tables go nowhere; `trial_lines` prints one line per finished trial.
+        # No retries inside Tune (it cannot tell a deterministic error from a lost worker): the loop
+        # below restores the experiment for trials that failed on the infrastructure only.
+        # Checkpoints: the trainables checkpoint at most every few seconds (trainables.spend), and two
+        # are kept, so Tune's forced experiment-state syncs (one per `num_to_keep` checkpoints of a
+        # trial) stay rare.
         tuner = tune.Tuner(wrapped, param_space=param_space, tune_config=tune_config or tune.TuneConfig(),
-                           run_config=tune.RunConfig(name=name, storage_path=sweep.results_dir, verbose=1,
-                                                     failure_config=tune.FailureConfig(max_failures=2),
-                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    results = tuner.fit()
+                           run_config=tune.RunConfig(name=name, storage_path=sweep.results_dir, verbose=0,
+                                                     callbacks=[lines],
+                                                     failure_config=tune.FailureConfig(max_failures=0),
+                                                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+    results = _fit(tuner)
+    for _ in range(INFRA_RETRIES):
+        errors = [r for r in results if r.error is not None]
+        if not errors or any(deterministic_error(r.error) for r in errors):
+            break
+        print(f"{len(errors)} trial(s) of {name} failed outside the trainable ({one_line(errors[0].error)}); "
+              "restarting them from their last checkpoint", file=sys.stderr)
+        tuner = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space, resume_errored=True)
+        results = _fit(tuner)
     errors = [r for r in results if r.error is not None]
     if errors:
-        raise SweepError(f"{len(errors)} of {len(results)} trials of {name} failed; first error:\n{errors[0].error}\n"
-                         f"Fix the cause and rerun the same command: finished trials are kept.")
+        first = next((r for r in errors if deterministic_error(r.error)), errors[0])
+        label = trial_label(first.config) if first.config else "a trial"
+        raise SweepError(f"{len(errors)} of {len(results)} trials of {name} failed; {label}: "
+                         f"{one_line(first.error)}; fix the cause and rerun the same command: finished trials "
+                         f"are kept (Ray's log: {redact(sweep_log_path(sweep))})")
     total = max(len(results), expected_trials or 0)
     if results.num_terminated < total:  # Tune returns normally after a Ctrl-C/SIGINT
         raise_unfinished(total - results.num_terminated, total, name)
     return results
+
+
+def _fit(tuner: Any) -> Any:
+    """`tuner.fit()` with Tune's legacy reporter at verbose=0, which prints nothing (the new one
+    prints its experiment banner at any verbosity); RAY_AIR_NEW_OUTPUT=1 brings Tune's tables back."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    return tuner.fit()
 
 
 def experiment_name(base: str, param_space: dict[str, Any]) -> str:
@@ -179,7 +218,8 @@ def plan_text(sweep: SweepConfig, trials: int, kind: str) -> str:
              + (f", at most {sweep.max_concurrent} at once" if sweep.max_concurrent else ""),
              f"  store:   {redact(sweep.store)}",
              f"  mlflow:  {redact(sweep.tracking_uri)} (experiment {layout.experiment_name(sweep.name, kind)!r})",
-             f"  ray:     {redact(sweep.ray_address)}, results in {redact(sweep.results_dir)}"]
+             f"  ray:     {redact(sweep.ray_address)}, results in {redact(sweep.results_dir)}, "
+             f"Ray's and MLflow's logs in {redact(sweep_log_path(sweep))}"]
     return "\n".join(lines)
 
 
@@ -215,15 +255,180 @@ def sweep_session(sweep: SweepConfig, preset: str, kind: str,
 def cli_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
              run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     """Parse, run, and turn configuration and sweep errors into one clear line and exit status 2."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])  # flag helps carry their defaults
     add_arguments(parser)
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("LTH_DEBUG", "") not in ("", "0")
     try:
         return run(args)
-    except (ConfigError, SweepError, TrackingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command to resume: finished trials are kept", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every error becomes one line unless --debug
+        if debug:
+            traceback.print_exc()
+        message = error_text(e, args)
+        if message is None:
+            print(f"error: unexpected {type(e).__name__}: {one_line(e)}; rerun with --debug (or LTH_DEBUG=1) "
+                  "for the traceback, and report it", file=sys.stderr)
+            return 1
+        print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
+    """The one-line message of a user-facing error; None for anything else (a bug)."""
+    import yaml
+
+    from lth_core.data import DatasetFormatError, DatasetNotFoundError
+    from lth_core.store import OutsideStoreError
+
+    if isinstance(e, ConfigError):
+        return config_error_text(e, getattr(args, "config", None))
+    if isinstance(e, (SweepError, TrackingError)):
+        return str(e) if ";" in str(e) else f"{e}; fix it and run again"
+    if isinstance(e, DatasetNotFoundError):
+        return str(e).replace(" not found. Download", " not found; download", 1)
+    if isinstance(e, DatasetFormatError):
+        return f"{e}; download the data set again and point --data-root at the extracted folder"
+    if isinstance(e, OutsideStoreError):
+        return f"refused path: {e}"
+    if isinstance(e, yaml.YAMLError):
+        return f"--set or --config does not parse as YAML ({one_line(e)}); fix its value"
+    return None
+
+
+def config_error_text(e: ConfigError, config_file: str | None) -> str:
+    """`<field>: <what is wrong>; <what to do>`, naming the flag that sets the field."""
+    from sweeps.config import FLAGS
+
+    field = e.field_path
+    if field.startswith("--"):
+        return f"{e}; fix {field}" if field != "--config" else f"{e}; fix the file or pass another --config"
+    flag = next((f for f, (dotted, _, _) in FLAGS.items() if dotted == field), None)
+    if "unknown field" in str(e):
+        return f"{e}; remove or rename it" + (f" in {config_file}" if config_file else " (--set or --config)")
+    where = f"--set {field}=..." + (f" or {field} in {config_file}" if config_file else "")
+    return f"{e}; fix {flag} or {where}" if flag else f"{e}; fix {where}"
+
+
+def one_line(e: Any) -> str:
+    """The last meaningful line of an error (a trial's error holds the remote traceback)."""
+    text = str(e).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "^", "~", "Traceback", "The above exception", "During handling")):
+            return line[:400]
+    return type(e).__name__
+
+
+def deterministic_error(e: Any) -> bool:
+    """True for a trial error the trainables marked as one that would recur (a config, data or
+    store error: `trainables.spend.TrialInputError`)."""
+    if "TrialInputError" in str(e):  # the remote traceback names it
+        return True
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ == "TrialInputError" or any(c.__name__ == "TrialInputError" for c in type(e).__mro__):
+            return True
+        e = getattr(e, "cause", None) or e.__cause__
+    return False
+
+
+def trial_label(config: dict[str, Any]) -> str:
+    """`imp vanilla L2 seed 0` for a spend trial, `draw imp` for a draw trial."""
+    method = (config.get("ticket") or {}).get("pruning", {}).get("method", "imp")
+    if "level" not in config:
+        return f"draw {method} seed {(config.get('ticket') or {}).get('seed', 0)}"
+    try:
+        from trainables.common import tweaks_from_trial
+
+        tweak = tweaks_from_trial(config).describe()
+    except Exception:  # noqa: BLE001 - a label must not fail a sweep
+        tweak = "?"
+    return f"{method} {tweak} L{config['level']} seed {config.get('seed', 0)}"
+
+
+def trial_lines(sweep: SweepConfig, total: int | None) -> Any:
+    """A Tune callback printing one line per finished trial on stderr: label, test accuracy
+    (the stored result's, as the summary table shows it) and seconds."""
+    from ray import tune
+
+    class TrialLines(tune.Callback):
+        def __init__(self) -> None:
+            self.done = 0
+
+        def _line(self, trial: Any, what: str) -> None:
+            self.done += 1
+            count = f"[{self.done:>{len(str(total or 0))}}/{total}]" if total else f"[{self.done}]"
+            seconds = (trial.last_result or {}).get("time_total_s")
+            took = f" ({seconds:.0f} s)" if seconds is not None else ""
+            print(f"{count} {trial_label(trial.config)}: {what}{took}", file=sys.stderr, flush=True)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            result = trial.last_result or {}
+            if "level" in trial.config:
+                acc = _stored_test_acc(sweep, trial.config, result.get("test_acc"))
+                self._line(trial, f"test acc {acc:.2%}" if isinstance(acc, float) else "done")
+                return
+            acc = result.get("dense_test_acc")  # none for a draw at initialisation: it trains nothing
+            key = result.get("ticket_key", "")
+            self._line(trial, f"ticket {key}, " + (f"dense test acc {acc:.2%}" if isinstance(acc, float)
+                                                   else "masks drawn"))
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._line(trial, "FAILED (see the error below)")
+
+    return TrialLines()
+
+
+def _stored_test_acc(sweep: SweepConfig, config: dict[str, Any], fallback: Any) -> Any:
+    try:
+        from lth_core.paths import spend_result
+        from lth_core.store import ArtifactStore
+        from trainables.common import spend_from_trial
+
+        return ArtifactStore(sweep.store).read_json(spend_result(spend_from_trial(config).key))["test_acc"]
+    except Exception:  # noqa: BLE001 - the line falls back to the last reported number
+        return fallback
+
+
+def start_logs(sweep: SweepConfig) -> str:
+    """Send Ray's and MLflow's own output to the sweep's log file (`sweep_log_path`); returns it.
+    Ray and MLflow set up their loggers when imported: they are imported first."""
+    import mlflow  # noqa: F401
+    import ray  # noqa: F401
+
+    global _log_path
+    _log_path = sweep_log_path(sweep)
+    log_to_file(_log_path)
+    return _log_path
+
+
+def sweep_log_path(sweep: SweepConfig) -> str:
+    """Where Ray's and MLflow's own logs of a sweep go: `<results dir>/<name>.log` (a local results
+    folder), else ./ray_results/<name>.log."""
+    local = "://" not in sweep.results_dir or sweep.results_dir.startswith("file://")
+    folder = Path(sweep.results_dir.removeprefix("file://")) if local else Path("ray_results").resolve()
+    return str(folder / f"{sweep.name}.log")
+
+
+def log_to_file(path: str) -> None:
+    """Ray's, MLflow's and Optuna's loggers (and Python warnings) write to `path` instead of the
+    terminal: what a person reads is the plan, one line per trial and the tables."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)
+    for name in LOG_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            if type(old) is logging.StreamHandler or getattr(old, "stream", None) in (sys.stderr, sys.stdout):
+                logger.removeHandler(old)
+        if not any(getattr(h, "baseFilename", None) == handler.baseFilename for h in logger.handlers):
+            logger.addHandler(handler)
+        logger.propagate = False
 
 
 def elapsed(started: float) -> str:

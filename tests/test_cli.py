@@ -8,7 +8,7 @@ import pytest
 
 from lth_core.cli import main
 
-TINY = ["--width", "0.125", "--epochs", "2", "--batch-size", "128", "--device", "cpu", "--levels", "2",
+TINY = ["--width", "0.125", "--epochs", "2", "--batch-size", "128", "--device", "cpu", "--num-levels", "2",
         "--keep-epochs", "1"]
 
 
@@ -62,14 +62,14 @@ def test_bad_input_fails_before_any_work(capsys, tmp_path, argv, words):
     assert not (tmp_path / "store").exists()
 
 
-def test_show_of_a_missing_draw_says_what_to_do(tmp_path):
-    with pytest.raises(SystemExit, match="run `python -m lth_core draw` first"):
-        main(["show", "--store", str(tmp_path), "--key", "0000"])
+def test_show_of_a_missing_draw_says_what_to_do(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "show", "--store", str(tmp_path), "--key", "0000")
+    assert code == 2 and "run `python -m lth_core draw`" in err
 
 
-def test_show_refuses_a_key_that_is_not_one(tmp_path):
-    with pytest.raises(SystemExit, match="not a content key: '../x'"):
-        main(["show", "--store", str(tmp_path), "--key", "../x"])
+def test_show_refuses_a_key_that_is_not_one(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "show", "--store", str(tmp_path), "--key", "../x")
+    assert code == 2 and "not a content key: '../x'" in err
 
 
 def test_analyze_writes_the_table_and_plots(drawn, capsys, tmp_path):

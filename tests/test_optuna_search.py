@@ -26,7 +26,7 @@ def argv(root, trials: int, *extra: str) -> list[str]:
             "--levels", str(LEVEL), "--optuna-trials", str(trials), "--set", "ticket.recipe.batch_size=128",
             "--store", str(root / "store"), "--tracking-uri", f"sqlite:///{root}/mlflow.db",
             "--optuna-storage", f"sqlite:///{root}/optuna.db", "--results-dir", str(root / "ray_results"),
-            "--ray-address", "local", *extra]
+            "--ray-address", "local", "--prune-methods", "imp", *extra]
 
 
 def load_study(root):

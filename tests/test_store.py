@@ -419,6 +419,37 @@ def test_dead_holder_on_this_host_is_taken_over_before_its_lease_ends(store: Art
     assert alive.exists()
 
 
+@pytest.mark.parametrize("state", ["zombie", "stopped"])
+def test_a_zombie_or_stopped_holder_on_this_host_counts_as_gone(store: ArtifactStore, state: str):
+    """A holder that exited unreaped (a zombie answers kill(pid, 0)) or was stopped (SIGSTOP)
+    does no work: the next worker takes the lock at once, not after the whole lease."""
+    import signal
+
+    code = ("import os, sys, time; from lth_core.store import ArtifactStore\n"
+            "held = ArtifactStore(sys.argv[1]).lock('job', lease_seconds=600)\n"
+            "held.__enter__()\n"
+            "print('held', flush=True)\n"
+            + ("os._exit(0)\n" if state == "zombie" else "time.sleep(60)\n"))  # no release on the way out
+    holder = subprocess.Popen([sys.executable, "-c", code, str(store.local_path())], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        if state == "stopped":
+            os.kill(holder.pid, signal.SIGSTOP)
+        else:  # exited but not reaped: a zombie until wait()
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{holder.pid}/stat").read_text().split(") ")[1][0] != "Z":
+                assert time.monotonic() < deadline, "the holder did not exit"
+                time.sleep(0.05)
+        with store.lock("job", timeout=3, poll_seconds=0.05):
+            pass
+    finally:
+        if state == "stopped":
+            holder.kill()
+            os.kill(holder.pid, signal.SIGCONT)
+        holder.wait()
+
+
 def test_live_holder_keeps_lock_beyond_its_lease(store: ArtifactStore):
     held, done = threading.Event(), threading.Event()
 

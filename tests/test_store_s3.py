@@ -141,3 +141,37 @@ def test_lock_acquire_release_and_takeover(store: ArtifactStore, s3):
     start = time.monotonic()
     with store.lock("tickets/k", timeout=5):
         assert time.monotonic() - start < 2
+
+
+def test_locks_are_exact_through_conditional_writes(store: ArtifactStore, s3):
+    """Two writers that read the same state cannot both win: a create needs If-None-Match: *,
+    a take-over the ETag the writer read (If-Match)."""
+    from lth_core import store as store_module
+
+    key = _key(store, "locks/race.lock")
+    first, second = (store_module._ConditionalS3LockFile(s3, BUCKET, key) for _ in range(2))
+    record = lambda token: {"token": token, "host": "h", "pid": 1, "lease_seconds": 1, "expires": time.time() + 60}  # noqa: E731
+    assert first._put(record("a"), if_none_match="*") and not second._put(record("b"), if_none_match="*")
+    stale = {**record("crashed"), "expires": time.time() - 1}
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(stale).encode())
+    seen_first, seen_second = first._read(1.0), second._read(1.0)  # both see the same expired holder
+    assert seen_first == seen_second and seen_first[0]["token"] == "crashed"
+    assert first._put(record("a"), if_match=seen_first[1])
+    assert not second._put(record("b"), if_match=seen_second[1])
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())["token"] == "a"
+    second.release("a")  # a release is conditional too: only the holder's record read just now goes
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+
+
+def test_a_server_without_conditional_writes_falls_back_with_a_warning(store: ArtifactStore, monkeypatch, caplog):
+    from lth_core import store as store_module
+
+    monkeypatch.setattr(store_module._ConditionalS3LockFile, "supports_conditional_writes", lambda self: False)
+    store.lock_settle_seconds = 0.05
+    with caplog.at_level("WARNING", logger="lth_core.store"):
+        with store.lock("job", timeout=5):
+            pass
+        with store.lock("job", timeout=5):
+            pass
+    warnings = [r.getMessage() for r in caplog.records if "best effort" in r.getMessage()]
+    assert len(warnings) == 1 and "If-None-Match" in warnings[0]

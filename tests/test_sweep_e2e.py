@@ -35,9 +35,9 @@ from tracking.probe import HEALTH_PATH
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 EPOCHS = 2
-TINY = ["--width", "0.125", "--epochs", str(EPOCHS), "--num-levels", "2", "--levels", "2",
+TINY = ["--width", "0.125", "--epochs", str(EPOCHS), "--num-levels", "2", "--prune-methods", "imp", "--levels", "2",
         "--set", "ticket.recipe.batch_size=128", "--set", 'combos=[{}, {"activation": "swish"}]']
-SPEND_PARAMS = {"dataset", "arch", "width", "seed", "prune_method", "level", "sparsity",
+SPEND_PARAMS = {"dataset", "arch", "width", "seed", "ticket_seed", "prune_method", "level", "sparsity",
                 *mlflow_params(TweakConfig())}  # one per registered tweak
 
 

@@ -70,3 +70,66 @@ def test_lr_drops_at_the_milestones():
     recipe = RecipeConfig(epochs=4, lr=0.1, device="cpu")
     result = fit(model, data, recipe, seed=0, runtime=Runtime.resolve(recipe))
     assert [round(r.lr, 6) for r in result.history] == [0.1, 0.1, 0.01, 0.001]
+
+
+def test_the_test_split_is_evaluated_when_validation_improves_and_after_the_last_epoch(monkeypatch):
+    """Skipping it elsewhere changes no reported number: each record's test accuracy is the
+    best-validation epoch's so far, measured on that epoch's weights, and the last epoch's is its own
+    (a hook zeroes the weights after the last epoch, so it is not a best one)."""
+    import lth_core.training as training
+    from lth_core.hooks import TrainHook
+
+    class ZeroAtTheEnd(TrainHook):
+        name = "zero"
+
+        def on_epoch_end(self, loop):
+            if loop.epoch == loop.epochs:
+                with torch.no_grad():
+                    for p in loop.model.parameters():
+                        p.zero_()
+
+    data, model = setup()
+    recipe = RecipeConfig(epochs=6, batch_size=128, lr=0.1, device="cpu")
+    runtime = Runtime.resolve(recipe)
+    measured, evaluated = {}, []
+    real = training.evaluate
+
+    def counting(model, dataset, split, *args, **kwargs):
+        if split == "test":
+            evaluated.append(len(measured) + 1)  # the epoch being evaluated
+        return real(model, dataset, split, *args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", counting)
+    result = fit(model, data, recipe, seed=1, runtime=runtime, hooks=[ZeroAtTheEnd()],
+                 on_epoch=lambda record, _: measured.setdefault(record.epoch, real(model, data, "test", runtime)[1]))
+    history = result.history
+    own = []
+    for record in history:
+        best = max(history[:record.epoch], key=lambda r: (r.val_acc, -r.epoch)).epoch
+        if record.epoch in (best, recipe.epochs):
+            own.append(record.epoch)
+        assert record.test_acc == measured[record.epoch if record.epoch in own else best], record
+    assert evaluated == own and len(own) < recipe.epochs, (evaluated, own)  # some epoch was skipped
+    summary = result.summary()
+    assert summary["test_acc"] == measured[summary["best_epoch"]]
+    assert summary["final_test_acc"] == measured[recipe.epochs]
+
+
+def test_checkpoints_are_due_after_the_first_and_last_epochs_and_by_the_cadence():
+    data, model = setup()
+    for seconds, due in ((1e9, [1, 4]), (0.0, [1, 2, 3, 4])):
+        recipe = RecipeConfig(epochs=4, device="cpu", checkpoint_seconds=seconds)
+        seen, payloads = [], {}
+
+        def on_epoch(record, payload):
+            seen.append((record.epoch, payload.due))
+            payloads[record.epoch] = payload()
+            assert payload() is payloads[record.epoch], "a payload is built once, however many writers read it"
+
+        fit(model, data, recipe, seed=0, runtime=Runtime.resolve(recipe), on_epoch=on_epoch)
+        assert [e for e, d in seen if d] == due, seconds
+    resumed = []
+    recipe = RecipeConfig(epochs=4, device="cpu", checkpoint_seconds=1e9)
+    fit(model, data, recipe, seed=0, runtime=Runtime.resolve(recipe), resume=payloads[2],
+        on_epoch=lambda record, payload: resumed.append((record.epoch, payload.due)))
+    assert resumed == [(3, True), (4, True)], "a resumed run checkpoints its first epoch"

@@ -151,11 +151,13 @@ SPEND_DONE_METRIC = FINAL_BEST_VAL_ACC
 
 
 def spend_final_metrics(result: dict, device_share: float) -> dict[str, float]:
-    """A finished spend's result (`lth_core.lottery.spend`) as the final metrics."""
-    return {FINAL_BEST_VAL_ACC: result["best_val_acc"], FINAL_TEST_ACC: result["test_acc"],
-            FINAL_WALL_SECONDS: result["spend_seconds"],
-            FINAL_DEVICE_SECONDS: result["spend_seconds"] * device_share,
-            FINAL_VANILLA_TEST_ACC: result["vanilla_test_acc"], FINAL_DENSE_TEST_ACC: result["dense_test_acc"]}
+    """A finished spend's result (`lth_core.lottery.spend`) as the final metrics; the vanilla and
+    dense accuracies are left out where the draw has none (a draw at initialisation)."""
+    metrics = {FINAL_BEST_VAL_ACC: result["best_val_acc"], FINAL_TEST_ACC: result["test_acc"],
+               FINAL_WALL_SECONDS: result["spend_seconds"],
+               FINAL_DEVICE_SECONDS: result["spend_seconds"] * device_share,
+               FINAL_VANILLA_TEST_ACC: result["vanilla_test_acc"], FINAL_DENSE_TEST_ACC: result["dense_test_acc"]}
+    return {name: value for name, value in metrics.items() if value is not None}
 
 
 def analysis_final_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def ticket_params(ticket: TicketConfig) -> dict[str, str]:
     return {"dataset": ticket.data.name, "arch": ticket.model.arch, "width": f"{ticket.model.width:g}",
-            "seed": str(ticket.seed), "prune_method": ticket.pruning.method}
+            "seed": str(ticket.seed), "ticket_seed": str(ticket.seed), "prune_method": ticket.pruning.method}
 
 
 def draw_params(ticket: TicketConfig) -> dict[str, str]:
@@ -107,6 +107,10 @@ def ui_hint(tracking_uri: str, experiment: str) -> str:
 
 # ------------------------------------------------------------------------ the parent run
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's model-training kind (not genai_development)
+
+
 
 def start_parent_run(tracking_uri: str, sweep_name: str, preset: str, kind: str,
                      extra_tags: Mapping[str, str] | None = None, config: Mapping[str, Any] | None = None) -> str:
@@ -121,6 +125,10 @@ def start_parent_run(tracking_uri: str, sweep_name: str, preset: str, kind: str,
     experiment = client.get_experiment_by_name(name)
     experiment_id = (experiment.experiment_id if experiment
                      else client.create_experiment(name, artifact_location=artifact_location(tracking_uri, name)))
+    kind_tags = getattr(experiment, "tags", None) or {}
+    if kind_tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND and hasattr(client, "set_experiment_tag"):
+        # MLflow 3 opens an experiment without this tag on its GenAI overview; this one opens on the runs.
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     tags = {L.STAGE: L.STAGE_SWEEP, L.SWEEP_NAME: sweep_name, L.PRESET: preset, L.KIND: kind, **(extra_tags or {})}
     tags = {k: redact(str(v)) for k, v in tags.items()}
     found = client.search_runs([experiment_id], filter_string=f"tags.{L.STAGE} = '{L.STAGE_SWEEP}' and "
@@ -268,13 +276,14 @@ class TrialRun:
     def log_draw_summary(self, summary: Mapping[str, Any]) -> None:
         """A finished draw (`lth_core.lottery.draw`'s summary): dense accuracies, per-level vanilla
         LTH (step = level) and the wall seconds; once, also when the trial ran again."""
-        if self.resumed and L.DENSE_TEST_ACC in self.logged_metrics():
+        if self.resumed and L.LEVEL_SPARSITY in self.logged_metrics():
             return
         dense, levels = summary["dense"], summary["levels"]
-        points = [(L.DENSE_TEST_ACC, dense["test_acc"], 0), (L.DENSE_BEST_VAL_ACC, dense["best_val_acc"], 0)]
-        for level in levels:
-            points += [(L.VANILLA_TEST_ACC, level["test_acc"], level["level"]),
-                       (L.VANILLA_BEST_VAL_ACC, level["best_val_acc"], level["level"]),
-                       (L.LEVEL_SPARSITY, level["sparsity"], level["level"])]
-        points.append((L.WALL_SECONDS, dense["wall_seconds"] + sum(lv["wall_seconds"] for lv in levels), 0))
+        points = [(L.LEVEL_SPARSITY, level["sparsity"], level["level"]) for level in levels]
+        if dense is not None:  # a draw at initialisation trains nothing: masks only
+            points += [(L.DENSE_TEST_ACC, dense["test_acc"], 0), (L.DENSE_BEST_VAL_ACC, dense["best_val_acc"], 0)]
+            for level in levels:
+                points += [(L.VANILLA_TEST_ACC, level["test_acc"], level["level"]),
+                           (L.VANILLA_BEST_VAL_ACC, level["best_val_acc"], level["level"])]
+            points.append((L.WALL_SECONDS, dense["wall_seconds"] + sum(lv["wall_seconds"] for lv in levels), 0))
         self.log_points(points)

@@ -16,7 +16,7 @@ from lth_core import tweaks
 from lth_core.config import RecipeConfig, SpendConfig, TicketConfig, TweakConfig, from_dict
 from lth_core.paths import ticket_summary
 from lth_core.store import ArtifactStore
-from lth_core.training import EpochRecord
+from lth_core.training import EpochRecord, Payload
 
 STATE_FILE = "state.pt"
 
@@ -62,14 +62,21 @@ def resume_state() -> dict[str, Any] | None:
         return torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location="cpu")
 
 
-def report_epoch(record: EpochRecord, state: dict[str, Any], hessian: float | None = None) -> None:
-    """One epoch to Tune with the full training state as its checkpoint; `best_*` is the
-    best-validation epoch so far, the epochs of earlier attempts included (the state's history)."""
+def report_epoch(record: EpochRecord, payload: Payload, hessian: float | None = None) -> None:
+    """One epoch to Tune, with the full training state as its checkpoint when the recipe's cadence
+    wants one (`payload.due`, `RecipeConfig.checkpoint_seconds`): saving it and Tune's copy of it
+    are the costly part of a short epoch, and every checkpoint makes Tune sync its experiment
+    state. `best_*` is the best-validation epoch so far, the epochs of earlier attempts included
+    (the state's history)."""
+    state = payload()
     best = max(state["history"], key=lambda r: (r["val_acc"], -r["epoch"]))
     metrics = {"epoch": record.epoch, "train_loss": record.train_loss, "val_acc": record.val_acc,
                "test_acc": record.test_acc, "best_val_acc": best["val_acc"], "best_test_acc": best["test_acc"]}
     if hessian is not None:
         metrics["hessian_top_eigenvalue"] = hessian
+    if not payload.due:
+        tune.report(metrics)
+        return
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / STATE_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

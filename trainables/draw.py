@@ -15,10 +15,16 @@ from lth_core.lottery import draw
 from lth_core.store import ArtifactStore
 from lth_core.training import EpochRecord
 from trainables.common import ticket_from_trial, tracked
+from trainables.spend import deterministic_errors
 from tracking.runs import TrialRun
 
 
 def draw_trainable(config: dict[str, Any]) -> None:
+    with deterministic_errors():  # a config, data or store error fails the trial once (sweeps.runner)
+        _draw_trainable(config)
+
+
+def _draw_trainable(config: dict[str, Any]) -> None:
     ticket = ticket_from_trial(config)
     run = None
     if config.get("tracking_uri"):
@@ -32,4 +38,6 @@ def draw_trainable(config: dict[str, Any]) -> None:
         summary = draw(ticket, ArtifactStore(config["store"]), on_stage_epoch)
         if run is not None:
             run.log_draw_summary(summary)
-    tune.report({"stage": "finished", "ticket_key": ticket.key, "dense_test_acc": summary["dense"]["test_acc"]})
+    dense = summary["dense"]  # None for a draw at initialisation: it trains nothing
+    tune.report({"stage": "finished", "ticket_key": ticket.key,
+                 **({"dense_test_acc": dense["test_acc"]} if dense is not None else {})})

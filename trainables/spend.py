@@ -1,25 +1,54 @@
 """Ray Tune trainable: re-train one (ticket, level, tweaks) combination.
 
-Reports every epoch with a `ray.tune.Checkpoint` holding the full training
-state, and resumes from `ray.tune.get_checkpoint()` after a failure or a
-restore, so a killed trial ends with the weights of an uninterrupted one.
+Reports every epoch, with a `ray.tune.Checkpoint` holding the full training state
+whenever the recipe's cadence wants one (`RecipeConfig.checkpoint_seconds`: the
+first and last epoch, and before more than that many seconds go unsaved), and
+resumes from `ray.tune.get_checkpoint()` after a failure or a restore, so a killed
+trial ends with the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from ray import tune
 
 from lth_core.lottery import spend
 from lth_core.store import ArtifactStore
-from lth_core.training import EpochRecord
+from lth_core.training import EpochRecord, Payload
 from trainables.common import (device_share, level_sparsity, report_epoch, resume_state, spend_from_trial,
                                tracked)
 from tracking.runs import TrialRun
 
 
+class TrialInputError(RuntimeError):
+    """A trial error that would recur on a retry (a config, data-format or store error): the sweep
+    fails the trial once, with this one line, instead of letting Ray retry it (sweeps.runner)."""
+
+
+@contextlib.contextmanager
+def deterministic_errors() -> Iterator[None]:
+    """Re-raise a config, data or store error as TrialInputError (one line, its type named)."""
+    from lth_core.config import ConfigError
+    from lth_core.data import DatasetFormatError, DatasetNotFoundError
+    from lth_core.store import OutsideStoreError
+
+    try:
+        yield
+    except (ConfigError, DatasetNotFoundError, DatasetFormatError, OutsideStoreError) as e:
+        raise TrialInputError(f"{type(e).__name__}: {e}") from e
+    except FileNotFoundError as e:  # the store of this node lacks the draw (trainables.common.level_sparsity)
+        raise TrialInputError(f"store: {e}") from e
+
+
 def spend_trainable(config: dict[str, Any]) -> None:
+    with deterministic_errors():
+        _spend_trainable(config)
+
+
+def _spend_trainable(config: dict[str, Any]) -> None:
     spend_cfg = spend_from_trial(config)
     store = ArtifactStore(config["store"])
     observers = []
@@ -33,11 +62,11 @@ def spend_trainable(config: dict[str, Any]) -> None:
                                  level_sparsity(spend_cfg, store))
     reported = []
 
-    def on_epoch(record: EpochRecord, payload) -> None:
+    def on_epoch(record: EpochRecord, payload: Payload) -> None:
         hessian = dict(observers[0].history).get(record.epoch) if observers else None
         if run is not None:  # an epoch an earlier attempt logged is not logged again
             run.log_epoch(record, hessian)
-        report_epoch(record, payload(), hessian)
+        report_epoch(record, payload, hessian)
         reported.append(record.epoch)
 
     with tracked(run):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from lth_core.config import SpendConfig
 
 MODULES = (  # one line per tweak: the module in this package that defines its TWEAK
+    "ticket_init",  # first: a fresh initialisation replaces the ticket's before other model hooks
     "activations",
     "skips",
     "label_smoothing",

@@ -13,7 +13,10 @@ A tweak is one module that subclasses `Tweak` and exposes an instance as `TWEAK`
   form, for the docs and the tests), `validate` and `check_spend`;
 - the hooks it uses, called only when the tweak is on, in registry order:
   - `start_epoch`: the dense-run epoch whose weights the spend starts from (rewinding);
-  - `model`: change the built model before it moves to its device (activations, skips);
+  - `model`: change the built model before it moves to its device (activations, skips, a
+    fresh initialisation);
+  - `mask`: the mask the spend trains under, from the drawn one (the shuffled control); it is
+    fixed before training starts and never changes during it;
   - `init`: change the masked starting weights before training (GradInit); returns what it
     learned, for the record;
   - `loss`: wrap the training loss (label smoothing, distillation);
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
     from lth_core.training import Runtime
 
 Flat = str | int | float | bool | None
-HOOKS = ("start_epoch", "model", "init", "loss", "train_hooks")
+HOOKS = ("start_epoch", "model", "mask", "init", "loss", "train_hooks")
 
 
 class SpendContext(Protocol):
@@ -156,6 +159,10 @@ class Tweak:
 
     def model(self, value: Any, model: nn.Module, ctx: SpendContext) -> None:
         """Change the built model in place (on the CPU, before it moves to its device)."""
+
+    def mask(self, value: Any, mask: Mask, ctx: SpendContext) -> Mask:
+        """The mask to train under instead of the drawn one (same names and shapes)."""
+        return mask
 
     def init(self, value: Any, model: nn.Module, ctx: SpendContext) -> dict[str, Any]:
         """Change the masked starting weights in place before training; returns what to record."""

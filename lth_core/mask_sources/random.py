@@ -1,0 +1,31 @@
+"""Random pruning at initialisation: every layer keeps the same fraction of its weights, at
+positions drawn uniformly from the ticket's seed. The naive baseline the pruning-at-init
+methods must beat (Liu et al. 2022)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from lth_core.mask_sources.base import MaskRequest, MaskSource
+from lth_core.masks import Mask
+
+
+class Random(MaskSource):
+    name = "random"
+    summary = "uniform layer-wise sparsity, weights chosen uniformly at random (seeded by the ticket)"
+    reference = ("Liu et al. 2022, The Unreasonable Effectiveness of Random Pruning: Return of the Most "
+                 "Naive Baseline for Sparse Training (arXiv:2202.02643)")
+    weights = "init"
+
+    def mask(self, request: MaskRequest) -> Mask:
+        """Random scores ranked per layer, so every layer keeps round(numel * (1 - sparsity)) weights.
+        The request's scope is ignored: the uniform layer-wise distribution is what defines this source
+        (a global top-k of random scores would only add sampling noise to it)."""
+        generator = request.generator()
+        scores = {n: torch.rand(request.previous[n].shape, generator=generator) for n in request.names}
+        return dataclasses.replace(request, scope="layerwise").keep_top(scores)
+
+
+SOURCE = Random()

@@ -1,0 +1,192 @@
+"""What a sweep checks before Ray starts: every place it writes to or reads from.
+
+`check(sweep, optuna=...)` runs, in order: the artifact store (a probe file written, read back
+and deleted), the Ray results folder, the MLflow tracking URI (a writable sqlite file or a
+server that answers), the Optuna storage, the data files (present and readable in their format)
+and, for `--ray-address` other than 'local', that the cluster answers within
+`RAY_CONNECT_TIMEOUT_S`. The first problem raises `SweepError` with one line: what is wrong,
+then after '; ' what to do. Nothing is started and, apart from an empty store folder and the
+results folder, nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from lth_core.cli import CliError, probe_store, writable_folder
+from sweeps.config import SweepConfig
+from sweeps.runner import SweepError
+from tracking.probe import TrackingError, check_reachable, redact, sqlite_path
+
+RAY_CONNECT_TIMEOUT_S = 15.0
+STORAGE_CONNECT_TIMEOUT_S = 15.0
+RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+
+
+def check(sweep: SweepConfig, *, optuna: bool = False) -> None:
+    """Every check below, in order; raises SweepError at the first problem."""
+    check_store(sweep.store)
+    check_results_dir(sweep.results_dir)
+    check_tracking(sweep.tracking_uri)
+    if optuna:
+        check_optuna_storage(sweep.optuna_storage)
+    if sweep.ray_address == "local":  # on a cluster the data lives on the workers, not necessarily here
+        check_data(sweep)
+    else:
+        check_ray_address(sweep.ray_address)
+
+
+def check_store(uri: str) -> None:
+    try:
+        probe_store(uri)
+    except CliError as e:
+        raise SweepError(str(e)) from None
+
+
+def _writable_folder(folder: Path, what: str, flag: str) -> None:
+    """`folder` is, or can be created as, a folder that takes files (nothing is left behind)."""
+    try:
+        writable_folder(folder)
+    except OSError as e:
+        raise SweepError(f"{what} {folder} is not writable ({e.strerror or e}); pass {flag} with a folder "
+                         "you can write to") from None
+
+
+def check_results_dir(results_dir: str) -> None:
+    if "://" in results_dir and not results_dir.startswith("file://"):
+        return  # s3://... and the like: Ray's storage layer reports its own errors
+    path = urlsplit(results_dir).path if results_dir.startswith("file://") else results_dir
+    _writable_folder(Path(path).expanduser(), "the Ray results folder", "--results-dir")
+
+
+def _check_sqlite(url: str, what: str, flag: str) -> None:
+    """A sqlite URL names a file that is a database (or can become one) in a writable folder."""
+    path = sqlite_path(url)
+    if not path:
+        return
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise SweepError(f"{what} {redact(url)} names a folder ({file}); pass {flag} sqlite:///<file>.db")
+    _writable_folder(file.parent, f"the folder of {what} {redact(url)}:", flag)
+    if file.exists():
+        try:
+            with sqlite3.connect(f"file:{file}?mode=rw", uri=True, timeout=5) as db:
+                db.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.Error as e:
+            raise SweepError(f"{what} {file} is not a usable sqlite database ({e}); pass {flag} with another "
+                             "file, or move this one away") from None
+
+
+def check_tracking(uri: str) -> None:
+    try:
+        check_reachable(uri)
+    except TrackingError as e:
+        raise SweepError(str(e)) from None
+    scheme = urlsplit(uri).scheme
+    if scheme == "sqlite":
+        _check_sqlite(uri, "the MLflow tracking database", "--tracking-uri")
+    elif scheme == "file":
+        _writable_folder(Path(urlsplit(uri).path), "the MLflow file store", "--tracking-uri")
+    elif scheme not in ("http", "https", "databricks", "postgresql", "mysql", "mssql") and "+" not in scheme:
+        raise SweepError(f"--tracking-uri {redact(uri)}: unknown scheme {scheme!r}; use sqlite:///<file>.db, "
+                         "http(s)://<server> or a database URL")
+
+
+def _with_timeout(fn: Any, seconds: float) -> tuple[bool, BaseException | None]:
+    """(finished, its exception) of `fn()` run in a daemon thread for at most `seconds`."""
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller
+            outcome.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return bool(outcome), outcome[0] if outcome else None
+
+
+def check_optuna_storage(url: str) -> None:
+    shown = redact(url)
+    if url.startswith("sqlite:"):
+        _check_sqlite(url, "the Optuna storage", "--optuna-storage")
+        return
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+    except Exception as e:  # noqa: BLE001 - a bad URL or a missing driver
+        raise SweepError(f"cannot open the Optuna storage {shown} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); pass --optuna-storage with a database URL "
+                         "(sqlite:///optuna.db, postgresql://...) whose driver is installed") from None
+
+    def connect() -> None:
+        with engine.connect():
+            pass
+
+    finished, error = _with_timeout(connect, STORAGE_CONNECT_TIMEOUT_S)
+    if not finished or error is not None:
+        why = f"no answer within {STORAGE_CONNECT_TIMEOUT_S:g} s" if not finished else (
+            str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise SweepError(f"cannot connect to the Optuna storage {shown} ({why.replace(url, shown)}); start the "
+                         "database or pass another --optuna-storage")
+
+
+def check_data(sweep: SweepConfig) -> None:
+    from lth_core.data import DatasetFormatError, DatasetNotFoundError, check_files, load_dataset
+
+    for data in {t.data for t in sweep.tickets()}:
+        try:
+            check_files(data)
+            load_dataset(data)
+        except DatasetNotFoundError as e:
+            raise SweepError(str(e).replace(" not found. Download", " not found; download", 1)) from None
+        except DatasetFormatError as e:
+            raise SweepError(f"data set {data.name!r} cannot be read: {e}; download it again and point "
+                             "--data-root at the extracted folder") from None
+
+
+def _ray_endpoint(address: str) -> str:
+    """host:port of the cluster `--ray-address` names ('auto': $RAY_ADDRESS, else the cluster that
+    `ray start` left on this machine)."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+        if not address and RAY_CURRENT_CLUSTER.is_file():
+            address = RAY_CURRENT_CLUSTER.read_text().strip()
+        if not address or address == "auto":
+            raise SweepError("--ray-address auto found no running Ray cluster (no $RAY_ADDRESS, no cluster "
+                             "started on this machine); start one with `ray start --head`, or use "
+                             "--ray-address local")
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    if not parts.hostname or not parts.port:
+        raise SweepError(f"--ray-address {redact(address)!r} is not host:port, ray://host:port, auto or local; "
+                         "pass the address `ray start --head` printed")
+    return f"{parts.hostname}:{parts.port}"
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    if address.startswith(("http://", "https://")):  # a Ray dashboard (job submission) address
+        host = urlsplit(address)
+        endpoint = f"{host.hostname}:{host.port or (443 if host.scheme == 'https' else 80)}"
+    else:
+        endpoint = _ray_endpoint(address)
+    host, _, port = endpoint.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror if isinstance(e, OSError) and e.strerror
+                                                               else str(e))
+        raise SweepError(f"the Ray cluster at {redact(address)!r} does not answer on {endpoint} within "
+                         f"{timeout:g} s ({why}); start it (`ray start --head`), check --ray-address, or use "
+                         "--ray-address local for an in-process Ray") from None
