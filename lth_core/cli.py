@@ -209,12 +209,18 @@ def check_data(data: Any) -> None:
 
 
 def check_ticket(ticket: TicketConfig) -> None:
+    from lth_core.data import load_dataset
+    from lth_core.lottery import check_schedule
+
     check_device(ticket.recipe)
     check_data(ticket.data)
+    check_schedule(ticket, load_dataset(ticket.data))
 
 
 def _stages(ticket: TicketConfig) -> str:
     e, n = ticket.recipe.epochs, ticket.num_levels
+    if ticket.pruning.source.at_init:
+        return f"{n} {ticket.pruning.method} mask(s) scored at initialisation, no training"
     return (f"dense run ({e} epochs), then {n} {ticket.pruning.method.upper()} level(s) "
             f"({e} epochs each) = {(n + 1) * e} epochs")
 

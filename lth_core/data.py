@@ -381,6 +381,12 @@ def _augment(images: torch.Tensor, dataset: Dataset, generator: torch.Generator)
     return padded.flatten(2).gather(2, pixel).view(n, c, h, w)
 
 
+def lone_last_image(dataset: Dataset, split: str, batch_size: int) -> bool:
+    """True when the split's last batch would hold a single image: train-mode BatchNorm cannot
+    normalise a batch of one, so training passes drop that batch (`drop_last`)."""
+    return len(dataset.split(split)[1]) % batch_size == 1 and batch_size > 1
+
+
 def num_batches(dataset: Dataset, split: str, batch_size: int, drop_last: bool = False) -> int:
     n = len(dataset.split(split)[1])
     return n // batch_size if drop_last else math.ceil(n / batch_size)

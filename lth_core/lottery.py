@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from lth_core import paths, tweaks
-from lth_core.config import DataConfig, SpendConfig, TicketConfig, from_dict, to_dict
+from lth_core.config import ConfigError, DataConfig, SpendConfig, TicketConfig, from_dict, to_dict
 from lth_core.data import Dataset, iterate_batches, load_dataset, num_batches
 from lth_core.hooks import Observer, cross_entropy_loss
 from lth_core.mask_sources import MaskRequest
-from lth_core.masks import Mask
+from lth_core.masks import Mask, prunable_names
 from lth_core.models import build_model, load_ticket_weights
 from lth_core.pruning import refuse_empty_layers
 from lth_core.store import ArtifactStore, CorruptArtifactError
@@ -253,11 +253,33 @@ def dense_run(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageC
                              then)[0]
 
 
+def check_schedule(ticket: TicketConfig, dataset: Dataset) -> None:
+    """Refuse, before anything trains, a pruning schedule that must empty a layer: fewer weights
+    kept at the last level than there are layers, or (layer-wise) a layer whose share rounds to
+    none. Whether global magnitude pruning empties a layer earlier depends on the weights: that
+    is refused at the level where it happens."""
+    pruning = ticket.pruning
+    if pruning.allow_empty_layers:
+        return
+    model = build_ticket_model(ticket, dataset)
+    sizes = {name: model.get_parameter(name).numel() for name in prunable_names(model, pruning.prune_linear)}
+    sparsity = max(pruning.level_sparsities())
+    if pruning.scope == "layerwise" or pruning.method == "random":
+        emptied = [name for name, n in sizes.items() if round(n * (1 - sparsity)) == 0]
+    else:
+        emptied = list(sizes) if round(sum(sizes.values()) * (1 - sparsity)) < len(sizes) else []
+    if emptied:
+        raise ConfigError("pruning.levels", f"the last level ({sparsity:.4%} sparse) must remove every weight of "
+                                            f"{', '.join(emptied[:3])}{' ...' if len(emptied) > 3 else ''}: "
+                                            "draw fewer levels, or set pruning.allow_empty_layers")
+
+
 def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallback | None) -> dict[str, Any]:
     key = ticket.key
-    store.write_json(paths.ticket_config(key), {"key": key, "config": to_dict(ticket)})
     runtime = Runtime.resolve(ticket.recipe)
     dataset = dataset_on(ticket.data, runtime.device)
+    check_schedule(ticket, dataset)
+    store.write_json(paths.ticket_config(key), {"key": key, "config": to_dict(ticket)})
     if ticket.pruning.source.at_init:
         return _draw_at_init(ticket, store, runtime, dataset)
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lth_core.config import RecipeConfig
-from lth_core.data import Dataset, iterate_batches
+from lth_core.data import Dataset, iterate_batches, lone_last_image
 from lth_core.hooks import LossFn, Loop, TrainHook, cross_entropy_loss
 from lth_core.masks import Mask, MaskApplier
 
@@ -197,6 +197,7 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
     best_val = max((r.val_acc for r in result.history), default=None)
     test_acc = result.best.test_acc if result.history else None
     unsaved_since = time.perf_counter()
+    lone_batch = lone_last_image(dataset, "train", recipe.batch_size)  # BatchNorm cannot train on one image
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         started = time.perf_counter()
         loop.epoch = epoch
@@ -208,7 +209,7 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
         train_correct = torch.zeros((), device=runtime.device, dtype=torch.long)
         seen = 0
         for images, labels in iterate_batches(dataset, "train", recipe.batch_size, generator=generator,
-                                              shuffle=True, augment=True):
+                                              shuffle=True, augment=True, drop_last=lone_batch):
             for hook in hooks:
                 images, labels = hook.on_batch(loop, images, labels)
             with runtime.autocast():

@@ -143,7 +143,9 @@ def check_optuna_storage(url: str) -> None:
 
 
 def check_data(sweep: SweepConfig) -> None:
+    """The data files are there and readable, and no ticket's schedule must empty a layer."""
     from lth_core.data import DatasetFormatError, DatasetNotFoundError, check_files, load_dataset
+    from lth_core.lottery import check_schedule
 
     for data in {t.data for t in sweep.tickets()}:
         try:
@@ -154,6 +156,8 @@ def check_data(sweep: SweepConfig) -> None:
         except DatasetFormatError as e:
             raise SweepError(f"data set {data.name!r} cannot be read: {e}; download it again and point "
                              "--data-root at the extracted folder") from None
+    for ticket in sweep.tickets():
+        check_schedule(ticket, load_dataset(ticket.data))
 
 
 def _ray_endpoint(address: str) -> str:

@@ -244,7 +244,7 @@ def test_final_metrics_are_logged_under_their_own_names(logged):
     tags = run.data.tags
     assert tags[L.PARENT_RUN_ID] == logged["parent"] and tags[L.STAGE] == L.STAGE_SPEND
     assert tags[L.TRIAL_KEY] == tags[L.SPEND_KEY] == done.key and tags[L.TWEAK] == "swish"
-    assert run.info.run_name == "L2 swish s0" and run.data.params == spend_params(done, 0.36)
+    assert run.info.run_name == "imp L2 36.0% swish seed0" and run.data.params == spend_params(done, 0.36)
     assert run.data.params["sparsity"] == "0.360000" and run.data.params["activation"] == "swish"
 
 
@@ -268,7 +268,7 @@ def test_the_reader_gives_the_final_values_under_the_report_columns(logged):
     assert result_metrics(draw)[L.DENSE_TEST_ACC] == 0.95 and is_complete(draw)
     assert [(p.step, p.value) for p in reader.metric_history(draw.run_id, L.VANILLA_TEST_ACC)] == [
         (1, pytest.approx(0.8)), (2, pytest.approx(0.7))]
-    assert draw.params["levels"] == "2" and draw.run_name.startswith("draw resnet18")
+    assert draw.params["levels"] == "2" and draw.run_name.startswith("draw imp resnet18")
 
 
 def test_the_dashboards_read_the_final_metrics(logged):

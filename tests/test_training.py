@@ -133,3 +133,13 @@ def test_checkpoints_are_due_after_the_first_and_last_epochs_and_by_the_cadence(
     fit(model, data, recipe, seed=0, runtime=Runtime.resolve(recipe), resume=payloads[2],
         on_epoch=lambda record, payload: resumed.append((record.epoch, payload.due)))
     assert resumed == [(3, True), (4, True)], "a resumed run checkpoints its first epoch"
+
+
+def test_a_last_batch_of_one_image_is_dropped_for_batchnorm():
+    """Train-mode BatchNorm cannot normalise one image: that lone last batch is left out."""
+    data, model = setup()
+    batch_size = 431  # the 1294 training images leave one over
+    assert len(data.train_y) % batch_size == 1
+    recipe = RecipeConfig(epochs=1, batch_size=batch_size, device="cpu")
+    result = fit(model, data, recipe, seed=0, runtime=Runtime.resolve(recipe))
+    assert len(result.history) == 1 and result.history[0].train_loss > 0

@@ -83,7 +83,8 @@ def draw_trial_key(ticket: TicketConfig) -> str:
 
 
 def draw_run_name(ticket: TicketConfig) -> str:
-    return f"draw {ticket.model.arch} w{ticket.model.width:g} seed{ticket.seed}"
+    """E.g. 'draw imp resnet18 w0.25 seed0': the mask source and ticket at a glance in the UI."""
+    return f"draw {ticket.pruning.method} {ticket.model.arch} w{ticket.model.width:g} seed{ticket.seed}"
 
 
 def spend_trial_key(spend: SpendConfig) -> str:
@@ -91,12 +92,15 @@ def spend_trial_key(spend: SpendConfig) -> str:
 
 
 def spend_run_name(spend: SpendConfig) -> str:
-    return f"L{spend.level} {spend.tweaks.describe()} s{spend.seed}"
+    """E.g. 'imp L2 36.0% swish seed0': mask source, level, sparsity, tweaks and seed at a glance
+    in the MLflow UI's run list."""
+    return (f"{spend.ticket.pruning.method} L{spend.level} {spend.sparsity:.1%} {spend.tweaks.describe()} "
+            f"seed{spend.seed}")
 
 
 # ------------------------------------------------------------------------ params (strings)
 
-TICKET_PARAMS = ("dataset", "arch", "width", "seed", "prune_method")
+TICKET_PARAMS = ("dataset", "arch", "width", "seed", "ticket_seed", "prune_method")
 DRAW_PARAMS = (*TICKET_PARAMS, "levels")
 LEVEL = "level"
 SPARSITY = "sparsity"

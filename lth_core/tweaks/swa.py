@@ -69,9 +69,11 @@ class SWAHook(TrainHook):
         with torch.no_grad():
             for mine, average in zip(loop.model.parameters(), self.averaged.module.parameters()):
                 mine.copy_(average)
-        from lth_core.data import iterate_batches
+        from lth_core.data import iterate_batches, lone_last_image
 
-        batches = (loop.runtime.images(x) for x, _ in iterate_batches(loop.dataset, "train", loop.batch_size))
+        drop = lone_last_image(loop.dataset, "train", loop.batch_size)
+        batches = (loop.runtime.images(x) for x, _ in iterate_batches(loop.dataset, "train", loop.batch_size,
+                                                                      drop_last=drop))
         update_bn(batches, loop.model)
         return True
 
