@@ -196,16 +196,11 @@ def check_device(recipe: Any, flag: str = "--device") -> None:
 
 def check_data(data: Any) -> None:
     """The data set's files are there and readable in their format (read once; cached per process)."""
-    from lth_core.data import DatasetFormatError, DatasetNotFoundError, check_files, load_dataset
+    from lth_core.data import unreadable
 
-    try:
-        check_files(data)
-        load_dataset(data)
-    except DatasetNotFoundError as e:
-        raise CliError(str(e).replace(" not found. Download", " not found; download", 1)) from None
-    except DatasetFormatError as e:
-        raise CliError(f"data set {data.name!r} cannot be read: {e}; download it again and point --data-root "
-                       "at the extracted folder") from None
+    problem = unreadable(data)
+    if problem is not None:
+        raise CliError(problem)
 
 
 def check_ticket(ticket: TicketConfig) -> None:

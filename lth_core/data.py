@@ -381,6 +381,20 @@ def _augment(images: torch.Tensor, dataset: Dataset, generator: torch.Generator)
     return padded.flatten(2).gather(2, pixel).view(n, c, h, w)
 
 
+def unreadable(data: DataConfig) -> str | None:
+    """Why the data set cannot be used, as `<what is wrong>; <what to do>`, or None when its files
+    are there and read in their format (the data set is cached for this process)."""
+    try:
+        check_files(data)
+        load_dataset(data)
+    except DatasetNotFoundError as e:
+        return str(e).replace(" not found. Download", " not found; download", 1)
+    except DatasetFormatError as e:
+        return (f"data set {data.name!r} cannot be read: {e}; download it again and point --data-root at the "
+                "extracted folder")
+    return None
+
+
 def lone_last_image(dataset: Dataset, split: str, batch_size: int) -> bool:
     """True when the split's last batch would hold a single image: train-mode BatchNorm cannot
     normalise a batch of one, so training passes drop that batch (`drop_last`)."""

@@ -144,18 +144,13 @@ def check_optuna_storage(url: str) -> None:
 
 def check_data(sweep: SweepConfig) -> None:
     """The data files are there and readable, and no ticket's schedule must empty a layer."""
-    from lth_core.data import DatasetFormatError, DatasetNotFoundError, check_files, load_dataset
+    from lth_core.data import load_dataset, unreadable
     from lth_core.lottery import check_schedule
 
     for data in {t.data for t in sweep.tickets()}:
-        try:
-            check_files(data)
-            load_dataset(data)
-        except DatasetNotFoundError as e:
-            raise SweepError(str(e).replace(" not found. Download", " not found; download", 1)) from None
-        except DatasetFormatError as e:
-            raise SweepError(f"data set {data.name!r} cannot be read: {e}; download it again and point "
-                             "--data-root at the extracted folder") from None
+        problem = unreadable(data)
+        if problem is not None:
+            raise SweepError(problem)
     for ticket in sweep.tickets():
         check_schedule(ticket, load_dataset(ticket.data))
 

@@ -14,7 +14,8 @@ declared by `weights`:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import copy
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,6 +53,14 @@ class MaskRequest:
         """The prunable parameters, in the mask's (sorted) order."""
         return list(self.previous)
 
+    def scoring_copy(self, train: bool) -> tuple[nn.Module, list[nn.Parameter]]:
+        """A copy of the model to score, in train or eval mode (as the source's reference code
+        has it) with the pruned weights zeroed, and its prunable weights in `names` order."""
+        net = copy.deepcopy(self.model).train(train)
+        self.previous.apply_(net)
+        params = dict(net.named_parameters())
+        return net, [params[n] for n in self.names]
+
     def parameters(self) -> dict[str, nn.Parameter]:
         params = dict(self.model.named_parameters())
         return {n: params[n] for n in self.names}
@@ -66,6 +75,16 @@ class MaskRequest:
         """The mask keeping the highest scores under the request's scope (global or per layer)."""
         return keep_top_scores(scores, self.previous, self.sparsity, scope=self.scope,
                                allow_empty_layers=self.allow_empty_layers)
+
+
+def summed_gradients(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weights: list[nn.Parameter],
+                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """The gradient of `loss(images, labels)` with respect to `weights`, summed over `batches`."""
+    totals = [torch.zeros_like(w) for w in weights]
+    for images, labels in batches:
+        for total, g in zip(totals, torch.autograd.grad(loss(images, labels), weights), strict=True):
+            total += g
+    return totals
 
 
 class MaskSource:

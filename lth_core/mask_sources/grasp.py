@@ -12,13 +12,11 @@ ticket's own initialisation) and only the prunable weights enter g and H.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lth_core.mask_sources.base import MaskRequest, MaskSource
+from lth_core.mask_sources.base import MaskRequest, MaskSource, summed_gradients
 from lth_core.masks import Mask
 
 BATCHES = 2
@@ -37,21 +35,15 @@ class GraSP(MaskSource):
     uses_data = True
 
     def mask(self, request: MaskRequest) -> Mask:
-        net = copy.deepcopy(request.model).train()  # the reference prunes the net as built: train mode
-        request.previous.apply_(net)
-        params = dict(net.named_parameters())
-        weights = [params[n] for n in request.names]
+        net, weights = request.scoring_copy(train=True)  # the reference prunes the net as built: train mode
         batches = list(request.batches(BATCHES))
-        grad = [torch.zeros_like(w) for w in weights]
-        for images, labels in batches:
-            for total, g in zip(grad, torch.autograd.grad(_loss(net, images, labels), weights), strict=True):
-                total += g
-        hessian_grad = [torch.zeros_like(w) for w in weights]
-        for images, labels in batches:
+        grad = summed_gradients(lambda x, y: _loss(net, x, y), weights, batches)
+
+        def flow(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # g(x) · grad: its gradient is Hg
             g = torch.autograd.grad(_loss(net, images, labels), weights, create_graph=True)
-            flow = sum((gi * fixed).sum() for gi, fixed in zip(g, grad, strict=True))
-            for total, hg in zip(hessian_grad, torch.autograd.grad(flow, weights), strict=True):
-                total += hg
+            return sum((gi * fixed).sum() for gi, fixed in zip(g, grad, strict=True))
+
+        hessian_grad = summed_gradients(flow, weights, batches)
         score = {n: -(w * hg).detach() for n, w, hg in zip(request.names, weights, hessian_grad, strict=True)}  # S
         return request.keep_top({n: -s for n, s in score.items()})  # remove the highest S: keep the lowest
 

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import copy
-
-import torch
 import torch.nn.functional as F
 
-from lth_core.mask_sources.base import MaskRequest, MaskSource
+from lth_core.mask_sources.base import MaskRequest, MaskSource, summed_gradients
 from lth_core.masks import Mask
 
 BATCHES = 4
@@ -27,15 +24,8 @@ class SNIP(MaskSource):
     def mask(self, request: MaskRequest) -> Mask:
         """Scores on a copy in eval mode: the reference code (namhoonlee/snip-public, `prune.py`) feeds
         `is_train: False`, so BatchNorm normalises with its (initial) running statistics."""
-        net = copy.deepcopy(request.model).eval()
-        request.previous.apply_(net)
-        params = dict(net.named_parameters())
-        weights = [params[n] for n in request.names]
-        grads = [torch.zeros_like(w) for w in weights]
-        for images, labels in request.batches(BATCHES):
-            loss = F.cross_entropy(net(images), labels)
-            for total, g in zip(grads, torch.autograd.grad(loss, weights), strict=True):
-                total += g
+        net, weights = request.scoring_copy(train=False)
+        grads = summed_gradients(lambda x, y: F.cross_entropy(net(x), y), weights, request.batches(BATCHES))
         return request.keep_top({n: (g * w).detach().abs() for n, g, w in zip(request.names, grads, weights,
                                                                               strict=True)})
 
