@@ -51,7 +51,9 @@ def analyze_spend(config: SpendConfig, store: ArtifactStore, out_dir: Path, *,
     compared = {config.tweaks.activation: activation_sparsity(model, test, threshold)}
     for name in activations:
         if name not in compared:
-            other, _, _ = load_spent_model(replace(config, **{"tweaks.activation": name}), store, on_stage_epoch)
+            labelled = (None if on_stage_epoch is None  # the comparison spend's bar names its activation
+                        else lambda stage, record, name=name: on_stage_epoch(f"{stage} ({name})", record))
+            other, _, _ = load_spent_model(replace(config, **{"tweaks.activation": name}), store, labelled)
             compared[name] = activation_sparsity(other, test, threshold)
     result["table"] = format_table(compared)
     result["activation_comparison"] = {name: r.to_dict() for name, r in compared.items()}

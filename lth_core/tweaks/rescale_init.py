@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from torch.nn.modules.dropout import _DropoutNd
+from tqdm import tqdm
 
 from lth_core.masks import Mask
 from lth_core.schema import require
@@ -111,7 +112,8 @@ def rescale_init(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.T
         if isinstance(m, _DropoutNd):
             m.eval()
     try:
-        for iteration in range(1, cfg.iterations + 1):
+        # A bar in a terminal (a CLI spend); none where stderr is a log (a Ray trial).
+        for iteration in tqdm(range(1, cfg.iterations + 1), desc="GradInit", disable=None, leave=False):
             x1, y1 = _draw(batches, b, device)
             weights = [s * t for s, t in zip(scales.unbind(), thetas)]
             loss1 = loss_at(weights, x1, y1)
