@@ -280,3 +280,28 @@ def hessian_vs_epoch(curves: pd.DataFrame, path: Path, title: str) -> Path | Non
     ax.set_xlabel("epoch")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def claim_plot(rows: pd.DataFrame, per_pair: pd.DataFrame, path: Path, title: str) -> Path | None:
+    """One claim (dashboards.claims) as a forest plot: a line per finding with each pair's
+    difference (dots), the mean and its 95% interval (bar); the claim is that it lies right of 0."""
+    rows = rows[rows["ci_low"].notna()]
+    if rows.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(rows)))
+    for y, (index, row) in enumerate(rows.iterrows()):
+        values = per_pair.loc[per_pair["row"] == index, "value"].to_numpy(dtype=float)
+        color = {"holds": "tab:green", "contradicted": "tab:red"}.get(row["verdict"], "tab:gray")
+        ax.scatter(values, np.full(len(values), y) + np.linspace(-0.12, 0.12, len(values)), s=12,
+                   color=color, alpha=0.5, lw=0)
+        ax.errorbar(row["diff_mean"], y, xerr=[[row["diff_mean"] - row["ci_low"]], [row["ci_high"] - row["diff_mean"]]],
+                    fmt="D", color=color, ms=5, capsize=3)
+    ax.axvline(0, color=BASE_COLOR, lw=0.8)
+    labels = [f"{c} [{s.split(' ')[-1]}]" if rows["setting"].nunique() > 1 else c
+              for c, s in zip(rows["compares"], rows["setting"])]
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"paired difference ({rows['unit'].iloc[0]}); dots: pairs, bar: mean and 95% CI")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)

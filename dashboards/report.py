@@ -16,7 +16,7 @@ import pandas as pd
 from tracking import layout
 from tracking.probe import redact
 
-from . import analysis, collect, html, plots
+from . import analysis, claims, collect, html, plots
 from .analysis import Analysis
 from .collect import Sweep
 
@@ -152,6 +152,38 @@ def _sources_section(result: analysis.Analysis, section: html.Section) -> None:
         **{name: controls[name].map(lambda v: _pct(v, 2)) for name in ("ticket", *analysis.CONTROLS)},
         **{f"ticket − {c} (pp)": controls[f"ticket_minus_{c}_pp"].map(lambda v: "–" if pd.isna(v) else f"{v:+.2f}")
            for c in analysis.CONTROLS}})))
+
+
+def _num(value, digits: int = 2) -> str:
+    return "–" if pd.isna(value) else f"{value:+.{digits}f}"
+
+
+def claims_section(result: Analysis, out: Path, section: html.Section,
+                   act_points: pd.DataFrame | None = None) -> list[Path]:
+    """The paper's claims C1–C6 (dashboards/claims.py): the paired difference per claim, its 95%
+    interval, n and a verdict, and a forest plot per judged claim."""
+    found = claims.evaluate(result, act_points)
+    section.add(html.paragraph(
+        "Each row compares two combinations run with the same pairs (ticket seed and mask draw, spend seed: "
+        "the same data order); the difference is taken per pair, then averaged. 95% interval: paired t "
+        f"below {claims.BOOTSTRAP_FROM} pairs (few seeds, paired design), else a percentile bootstrap. "
+        "holds: the interval is above 0; contradicted: below 0; not detected: it contains 0."))
+    table = found.table
+    section.add(html.table(pd.DataFrame({
+        "claim": table["claim"], "setting": table["setting"], "compares": table["compares"],
+        "unit": table["unit"], "measured difference": table["diff_mean"].map(_num),
+        "95% interval": [("–" if pd.isna(lo) else f"[{lo:+.2f}, {hi:+.2f}]")
+                         for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        "n": table["n"], "verdict": table["verdict"], "test": table["test"]})))
+    section.add(html.paragraph("; ".join(f"{k}: {v}" for k, v in claims.CLAIMS.items()) + "."))
+    pngs = []
+    for claim in found.judged():
+        rows = table[table["claim"] == claim]
+        path = plots.claim_plot(rows, found.per_pair, out / f"claim_{claim}.png", f"{claim}: {claims.CLAIMS[claim]}")
+        if path is not None:
+            pngs.append(path)
+            section.add(html.image(path, f"claim {claim}"))
+    return pngs
 
 
 def _sparsity_columns(table: pd.DataFrame) -> list[str]:
@@ -309,18 +341,19 @@ def build_report(sweep: Sweep, out: Path) -> ReportFiles:
     result = analysis.analyze(sweep.trials, sweep.draw_levels, sweep.hessian_history)
 
     sections = {key: html.Section(key, title) for key, title in [
-        ("overview", "Overview"), ("accuracy", "Accuracy vs sparsity"), ("gain", "Gain over vanilla LTH"),
+        ("overview", "Overview"), ("claims", "Claims"), ("accuracy", "Accuracy vs sparsity"), ("gain", "Gain over vanilla LTH"),
         ("frontier", "Winning-ticket frontier"), ("sources", "Mask sources and lottery-ticket controls"),
         ("analyses", "Activation sparsity and Hessian"),
         ("optuna", "Optuna search"), ("cost", "Compute cost"), ("trials", "Trials")]}
     _overview(sweep, result, sections["overview"])
     if result.summary.empty:
-        for key in ("accuracy", "gain", "frontier", "sources", "cost"):
+        for key in ("claims", "accuracy", "gain", "frontier", "sources", "cost"):
             sections[key].note("No finished spend run yet.")
         sections["analyses"].note(f"No finished spend run yet. For these analyses, {HOW_TO_ANALYZE}.")
         pngs = []
     else:
-        pngs = _setting_sections(result, out, sections)
+        pngs = claims_section(result, out, sections["claims"], claims.act_points(sweep.trials))
+        pngs += _setting_sections(result, out, sections)
         _sources_section(result, sections["sources"])
         pngs += _analyses_section(result, out, sections["analyses"])
     pngs += _optuna_section(sweep, out, sections["optuna"])

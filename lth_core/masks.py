@@ -75,8 +75,8 @@ class Mask(Mapping[str, torch.Tensor]):
                                  f"the parameter {tuple(params[name].shape)}")
 
     def apply_(self, model: nn.Module) -> None:
-        """Zero the pruned weights of `model` in place."""
-        MaskApplier(model, self).apply_()
+        """Zero the pruned weights of `model` in place (exactly, even where a weight is NaN)."""
+        MaskApplier(model, self).zero_pruned_()
 
     def to_bytes(self) -> bytes:
         return save_safetensors_bytes(dict(self._tensors))
@@ -114,8 +114,16 @@ class MaskApplier:
 
     @torch.no_grad()
     def apply_(self) -> None:
+        """The per-step re-apply: one fused multiply (a NaN weight stays NaN: `zero_pruned_`)."""
         if self.params:
             torch._foreach_mul_(self.params, self.factors)
+
+    @torch.no_grad()
+    def zero_pruned_(self) -> None:
+        """Pruned weights set to exactly zero whatever they hold: a run that diverged to NaN or inf
+        still ends with its mask intact."""
+        for param, factor in zip(self.params, self.factors, strict=True):
+            param.masked_fill_(factor == 0, 0.0)
 
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,8 @@ from lth_core.config import RecipeConfig
 from lth_core.data import Dataset, iterate_batches, lone_last_image
 from lth_core.hooks import LossFn, Loop, TrainHook, cross_entropy_loss
 from lth_core.masks import Mask, MaskApplier
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,10 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
         record = EpochRecord(epoch=epoch, lr=lr, train_loss=float(train_loss) / max(seen, 1),
                              train_acc=float(train_correct) / max(seen, 1), val_loss=val_loss,
                              val_acc=val_acc, test_acc=test_acc, seconds=seconds)
+        if not math.isfinite(record.train_loss) and all(math.isfinite(r.train_loss) for r in result.history):
+            log.warning("warning: training diverged at epoch %d (training loss %s): the weights are no longer "
+                        "finite and the accuracy is chance; a lower recipe.lr may train this setting", epoch,
+                        record.train_loss)
         result.history.append(record)
         result.wall_seconds += seconds
         if epoch in keep:
@@ -250,9 +258,9 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
             if due:
                 unsaved_since = time.perf_counter()
     replaced = [hook.on_train_end(loop) for hook in hooks]
+    if applier is not None:
+        applier.zero_pruned_()
     if any(replaced):
-        if applier is not None:
-            applier.apply_()
         val_loss, val_acc = evaluate(model, dataset, "val", runtime)
         _, test_acc = evaluate(model, dataset, "test", runtime)
         result.history[-1] = dataclasses.replace(result.history[-1], val_loss=val_loss, val_acc=val_acc,

@@ -364,7 +364,7 @@ def test_the_sweep_help_shows_real_defaults(capsys):
         full_grid.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in out
-    assert "(default: smoke 0.25; paper 1)" in out and "(default: smoke 5; paper 16)" in out
+    assert "(default: smoke 0.25; paper 1; fidelity 0.0625)" in out and "(default: smoke 5; paper 16; fidelity 16)" in out
 
 
 # ------------------------------------------------------------------------------ the report

@@ -143,3 +143,18 @@ def test_a_last_batch_of_one_image_is_dropped_for_batchnorm():
     recipe = RecipeConfig(epochs=1, batch_size=batch_size, device="cpu")
     result = fit(model, data, recipe, seed=0, runtime=Runtime.resolve(recipe))
     assert len(result.history) == 1 and result.history[0].train_loss > 0
+
+
+def test_a_run_that_diverges_keeps_its_mask_exactly_and_says_so(caplog):
+    """NaN weights survive the per-step multiply by zero: the end of `fit` zeroes pruned weights
+    exactly, so a diverged spend is a result (chance accuracy), not a broken mask."""
+    data, model = setup()
+    mask = prune_to_sparsity({n: p.detach() for n, p in model.named_parameters()}, Mask.ones_like(model), 0.8)
+    recipe = RecipeConfig(epochs=1, batch_size=128, lr=1e6, momentum=0.9, device="cpu")  # blows up at once
+    with caplog.at_level("WARNING", logger="lth_core.training"):
+        result = fit(model, data, recipe, seed=0, runtime=Runtime.resolve(recipe), mask=mask)
+    params = dict(model.named_parameters())
+    assert not all(torch.isfinite(params[n]).all() for n in mask), "the run did not diverge"
+    for name in mask:
+        assert torch.equal(params[name].detach()[~mask[name]], torch.zeros(int((~mask[name]).sum()))), name
+    assert "diverged at epoch 1" in caplog.text and len(result.history) == 1

@@ -122,3 +122,12 @@ def test_config_files_and_combos_take_the_flat_spelling(name):
     assert from_dict(TweakConfig, {name: tweak.example}) == on(tweak)
     sweep = from_dict(SweepConfig, {"ticket": dataclasses.asdict(tiny_ticket()), "combos": [{name: tweak.example}]})
     assert sweep.combos == (on(tweak),)
+
+
+def test_a_section_with_its_first_setting_alone_reads_back_from_params_parsed_as_numbers():
+    """A report table parses the param "390" (GradInit's iterations alone) into a number."""
+    config = tweaks.from_flat({"rescale_init": {"iterations": 390}})
+    params = tweaks.mlflow_params(config)
+    assert params["rescale_init"] == "390"
+    parsed = {k: (int(v) if v.isdigit() else v) for k, v in params.items()}
+    assert tweaks.from_params(parsed) == config

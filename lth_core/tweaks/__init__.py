@@ -125,6 +125,8 @@ def from_params(params: Mapping[str, Any]) -> Any:
             continue
         if tweak.value_type is int and isinstance(value, float) and value.is_integer():
             value = int(value)
+        if tweak.section is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = _text(value)  # a section's first setting alone ("390" iterations) reads back as a number
         flat[name] = value
     return from_flat(flat)
 
