@@ -21,7 +21,7 @@ from lth_core.paths import ticket_summary
 from sweeps.config import SweepConfig, trial_base
 from tracking import layout
 from tracking.probe import TrackingError, check_reachable, redact
-from tracking.runs import finish_parent_run, start_parent_run, ui_hint
+from tracking.runs import close_stale_children, finish_parent_run, start_parent_run, ui_hint
 
 
 class SweepError(RuntimeError):
@@ -244,6 +244,10 @@ def sweep_session(sweep: SweepConfig, preset: str, kind: str,
     init_ray(sweep)
     check_resources(sweep)
     parent = start_parent_run(sweep.tracking_uri, sweep.name, preset, kind, extra_tags, config=to_dict(sweep))
+    stale = close_stale_children(sweep.tracking_uri, parent)  # no trial of this sweep runs yet
+    if stale:
+        print(f"marked {stale} child run(s) of an earlier, killed driver of {sweep.name!r} KILLED; their trials "
+              "resume from their last checkpoints", file=sys.stderr)
     status = "FAILED"
     try:
         yield parent

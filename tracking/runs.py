@@ -146,11 +146,21 @@ def start_parent_run(tracking_uri: str, sweep_name: str, preset: str, kind: str,
 
 def finish_parent_run(tracking_uri: str, run_id: str, status: str) -> None:
     """Close the parent run; child runs still RUNNING (a scheduler stopped them early) are marked KILLED."""
+    close_stale_children(tracking_uri, run_id)
+    _client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def close_stale_children(tracking_uri: str, parent_run_id: str, status: str = "KILLED") -> int:
+    """Mark the child runs of `parent_run_id` still RUNNING as `status` (KILLED); returns how many.
+    Called when a sweep session opens its parent run, before any trial of it starts: a child still
+    RUNNING then was left so by a driver that was killed (kill -9, a lost machine) and could not
+    close it. A trial that resumes finds its run again by its `trial_key` and sets it RUNNING."""
     client = _client(tracking_uri)
-    experiment_id = client.get_run(run_id).info.experiment_id
-    for child in search_all(client, [experiment_id], children_filter(run_id) + " and attributes.status = 'RUNNING'"):
-        client.set_terminated(child.info.run_id, status="KILLED")
-    client.set_terminated(run_id, status=status)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    stale = search_all(client, [experiment_id], children_filter(parent_run_id) + " and attributes.status = 'RUNNING'")
+    for child in stale:
+        client.set_terminated(child.info.run_id, status=status)
+    return len(stale)
 
 
 def log_optuna_best(tracking_uri: str, parent_run_id: str,

@@ -4,11 +4,14 @@ and reports, and the MLflow run's end."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 from ray import tune
 
@@ -19,6 +22,7 @@ from lth_core.store import ArtifactStore
 from lth_core.training import EpochRecord, Payload
 
 STATE_FILE = "state.pt"
+log = logging.getLogger(__name__)
 
 
 def tweaks_from_trial(config: dict[str, Any]) -> TweakConfig:
@@ -54,12 +58,63 @@ def device_share(config: dict[str, Any]) -> float:
 
 
 def resume_state() -> dict[str, Any] | None:
-    """The training state of this trial's last Tune checkpoint (None on a first start)."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location="cpu")
+    """The training state of this trial's newest checkpoint, by its epoch (None on a first start).
+
+    Not simply `tune.get_checkpoint()`: that is the checkpoint Tune's experiment state names, and
+    Tune saves that state only every few seconds (and after every `num_to_keep` checkpoints of a
+    trial), so after a killed driver (or a restore for a lost node) it can name a checkpoint one or
+    two older than the newest one the trial wrote, or none. The trial's folder holds every checkpoint
+    it kept, the newer ones Tune never heard of included; the folder names cannot order them (a
+    restored trial numbers its next checkpoints on from the index Tune's state restored, and so
+    writes over those newer folders one by one), the epoch inside each can. One that cannot be read
+    (cut short by the crash) is skipped."""
+    best = None
+    for checkpoint in _trial_checkpoints():
+        try:
+            with checkpoint.as_directory() as folder:
+                state = torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - a checkpoint cut short by a crash: another one serves
+            log.warning("warning: checkpoint %s cannot be read (%s); the trial resumes from another one",
+                        checkpoint.path, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+            continue
+        if best is None or int(state["epoch"]) > int(best["epoch"]):
+            best = state
+    return best
+
+
+def _trial_checkpoints() -> list[tune.Checkpoint]:
+    """The checkpoint folders of this trial (`checkpoint_<index>`, Tune's naming) on its storage,
+    the one Tune's restored state names among them."""
+    named = tune.get_checkpoint()
+    folder, fs = _trial_folder(named)
+    checkpoints = []
+    if folder is not None:
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        except OSError:
+            infos = []
+        checkpoints = [tune.Checkpoint(f"{folder}/{info.base_name}", filesystem=fs) for info in infos
+                       if info.type == pafs.FileType.Directory and CHECKPOINT_FOLDER.fullmatch(info.base_name)]
+    if named is not None and all(c.path.rstrip("/") != named.path.rstrip("/") for c in checkpoints):
+        checkpoints.append(named)
+    return checkpoints
+
+
+CHECKPOINT_FOLDER = re.compile(r"checkpoint_\d{6,}")
+
+
+def _trial_folder(named: tune.Checkpoint | None) -> tuple[str | None, Any]:
+    """The trial's folder on its storage and the filesystem it is on: Tune's storage context
+    (a developer API), else the folder of the checkpoint Tune named."""
+    try:
+        from ray.train._internal.session import get_session
+
+        storage = get_session().storage
+        return storage.trial_fs_path, storage.storage_filesystem
+    except Exception:  # noqa: BLE001 - another Ray version or no Tune session: the named checkpoint's folder
+        if named is None:
+            return None, None
+        return named.path.rstrip("/").rsplit("/", 1)[0], named.filesystem
 
 
 def report_epoch(record: EpochRecord, payload: Payload, hessian: float | None = None) -> None:
