@@ -211,7 +211,9 @@ def plan_text(sweep: SweepConfig, trials: int, kind: str) -> str:
     lines = [f"sweep {sweep.name!r} ({kind})",
              f"  draws:   {len(tickets)} ticket(s): " + ", ".join(
                  f"{t.key} ({t.data.name}, {t.model.arch} x{t.model.width:g}, seed {t.seed}, "
-                 f"{t.num_levels} {t.pruning.method.upper()} levels, {t.recipe.epochs} epochs each)" for t in tickets),
+                 + (f"{t.num_levels} {t.pruning.method} masks at initialisation, no training)" if t.pruning.source.at_init
+                    else f"{t.num_levels} {t.pruning.method.upper()} levels, {t.recipe.epochs} epochs each)")
+                 for t in tickets),
              f"  levels:  {', '.join(str(lv) for lv in sweep.spend_levels)}",
              f"  trials:  {trials}",
              f"  per trial: {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU"

@@ -94,16 +94,10 @@ def test_swa_settings_are_checked():
         SWAConfig(lr=0.0)
 
 
-def test_swa_runs_through_the_grid_and_the_optuna_search_into_mlflow_and_the_report(ray_session, tmp_path):
-    """SWA with no code of its own outside its module: the grid's combos, Optuna's space, the
-    MLflow params and the report's rows all come from the registry."""
-    import contextlib
-    import io
-
-    import optuna
-
+def test_swa_runs_through_the_grid_into_mlflow_and_the_report(ray_session, tmp_path):
+    """SWA with no code of its own outside its module: the grid's combos, the MLflow params and
+    the report's rows all come from the registry (the Optuna space too: test_tweak_registry)."""
     from dashboards import analysis, collect
-    from sweeps import optuna_search
     from test_sweep import run_grid, runs_of, sweep_args
 
     grid = run_grid(tmp_path, sweep_args(tmp_path, "swa", "--levels", "2", "--set", 'combos=[{}, {"swa": "on"}]'))
@@ -113,14 +107,3 @@ def test_swa_runs_through_the_grid_and_the_optuna_search_into_mlflow_and_the_rep
     sweep = collect.load_sweep(collect.connect(f"sqlite:///{tmp_path / 'mlflow.db'}"), "swa")
     summary = analysis.analyze(sweep.trials, sweep.draw_levels).summary
     assert set(summary["tweak"]) == {"vanilla", "swa"}
-
-    fixed = [f"optuna_space.{t.name}=[{t.encode(t.default)!r}]" for t in REGISTRY if t.name != "swa"]
-    out = io.StringIO()
-    with contextlib.chdir(tmp_path), contextlib.redirect_stdout(out):
-        rc = optuna_search.main(sweep_args(tmp_path, "swa", "--levels", "2", "--optuna-trials", "2",
-                                           "--optuna-storage", f"sqlite:///{tmp_path}/optuna.db",
-                                           "--set", "optuna_space.swa=[off, on]",
-                                           *(a for f in fixed for a in ("--set", f))))
-    assert rc == 0
-    study = optuna.load_study(study_name="swa-level2", storage=f"sqlite:///{tmp_path}/optuna.db")
-    assert {t.params["swa"] for t in study.trials} <= {False, True, "off", "on"} and len(study.trials) == 2
