@@ -1,10 +1,5 @@
 """Draw and spend end to end on digits: artifacts, idempotence, rewinding, corruption, resume."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -132,45 +127,6 @@ def test_spend_of_an_undrawn_ticket_draws_it_first(tmp_path):
     result = spend(SpendConfig(ticket=ticket, level=1), store)
     assert store.exists(paths.ticket_summary(ticket.key))
     assert result["sparsity"] == pytest.approx(0.2, abs=1e-4)
-
-
-KILLED_DRAW = """
-import sys
-from conftest import tiny_ticket
-from lth_core.config import PruneConfig, RecipeConfig
-from lth_core.lottery import draw
-from lth_core.store import ArtifactStore
-ticket = tiny_ticket(recipe=RecipeConfig(epochs=4, batch_size=128, device="cpu"), pruning=PruneConfig(levels=1))
-draw(ticket, ArtifactStore(sys.argv[1]), lambda stage, record: print(stage, record.epoch, flush=True))
-"""
-
-
-def test_a_draw_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.getcwd()])}
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run([sys.executable, "-c", KILLED_DRAW, str(whole)], env=env, check=True, capture_output=True)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_DRAW, str(killed)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    key = next((whole / paths.TICKETS).iterdir()).name
-    checkpoint = killed / (paths.dense_checkpoint(key) + ".sha256")
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / paths.ticket_summary(key)).exists(), "the draw finished before it was killed"
-    done = ArtifactStore(str(killed)).read_torch(paths.dense_checkpoint(key))["epoch"]
-    rerun = subprocess.run([sys.executable, "-c", KILLED_DRAW, str(killed)], env=env, check=True,
-                           capture_output=True, text=True)
-    dense_epochs = [int(line.split()[1]) for line in rerun.stdout.splitlines() if line.startswith("dense ")]
-    assert dense_epochs == list(range(done + 1, 5)), "the resumed draw must train only the epochs after its checkpoint"
-    a, b = ArtifactStore(str(whole)), ArtifactStore(str(killed))
-    for path in (paths.dense_final(key), paths.level_final(key, 1)):
-        wa, wb = a.read_tensors(path), b.read_tensors(path)
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), path
-    sa = json.loads((whole / paths.ticket_summary(key)).read_text())
-    sb = json.loads((killed / paths.ticket_summary(key)).read_text())
-    assert [lv["test_acc"] for lv in sa["levels"]] == [lv["test_acc"] for lv in sb["levels"]]
 
 
 def test_hessian_tracking_during_a_spend(drawn):

@@ -122,11 +122,16 @@ class RecordingClient:
         return "1"
 
     def search_runs(self, *args, **kwargs):
-        return []
+        from mlflow.store.entities.paged_list import PagedList
+
+        return PagedList([], token=None)
 
     def create_run(self, experiment_id, tags=None, run_name=None):
         self.tags.update(tags or {})
         return SimpleNamespace(info=SimpleNamespace(run_id="parent"))
+
+    def get_run(self, run_id):
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id, experiment_id="1"))
 
     def log_dict(self, run_id, dictionary, artifact_file):
         self.artifacts[artifact_file] = json.dumps(dictionary, default=str)  # as MLflow writes it
