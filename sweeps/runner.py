@@ -31,7 +31,7 @@ class SweepError(RuntimeError):
 INFRA_RETRIES = 2
 """How often trials that failed for a reason outside them (a killed worker, a lost node) are
 restarted from their last checkpoint. A trial error the trainables mark deterministic
-(`trainables.spend.TrialInputError`: a config, data or store error) is not retried: it would
+(`trainables.common.TrialInputError`: a config, data or store error) is not retried: it would
 fail the same way again."""
 LOG_LOGGERS = ("ray", "alembic", "mlflow", "optuna", "py.warnings", "filelock")
 _log_path: str | None = None  # set by start_logs
@@ -330,7 +330,7 @@ def one_line(e: Any) -> str:
 
 def deterministic_error(e: Any) -> bool:
     """True for a trial error the trainables marked as one that would recur (a config, data or
-    store error: `trainables.spend.TrialInputError`)."""
+    store error: `trainables.common.TrialInputError`)."""
     if "TrialInputError" in str(e):  # the remote traceback names it
         return True
     seen = set()

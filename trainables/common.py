@@ -25,6 +25,26 @@ STATE_FILE = "state.pt"
 log = logging.getLogger(__name__)
 
 
+class TrialInputError(RuntimeError):
+    """A trial error that would recur on a retry (a config, data-format or store error): the sweep
+    fails the trial once, with this one line, instead of letting Ray retry it (sweeps.runner)."""
+
+
+@contextlib.contextmanager
+def deterministic_errors() -> Iterator[None]:
+    """Re-raise a config, data or store error as TrialInputError (one line, its type named)."""
+    from lth_core.config import ConfigError
+    from lth_core.data import DatasetFormatError, DatasetNotFoundError
+    from lth_core.store import OutsideStoreError
+
+    try:
+        yield
+    except (ConfigError, DatasetNotFoundError, DatasetFormatError, OutsideStoreError) as e:
+        raise TrialInputError(f"{type(e).__name__}: {e}") from e
+    except FileNotFoundError as e:  # the store of this node lacks the draw (level_sparsity)
+        raise TrialInputError(f"store: {e}") from e
+
+
 def tweaks_from_trial(config: dict[str, Any]) -> TweakConfig:
     """`config["tweaks"]` (a TweakConfig dict) with any flat search parameters (a search samples
     one per tweak, named after it: `lth_core.tweaks.from_flat`) laid over it."""

@@ -14,8 +14,7 @@ from ray import tune
 from lth_core.lottery import draw
 from lth_core.store import ArtifactStore
 from lth_core.training import EpochRecord
-from trainables.common import ticket_from_trial, tracked
-from trainables.spend import deterministic_errors
+from trainables.common import deterministic_errors, ticket_from_trial, tracked
 from tracking.runs import TrialRun
 
 

@@ -9,8 +9,6 @@ trial ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from ray import tune
@@ -18,29 +16,9 @@ from ray import tune
 from lth_core.lottery import spend
 from lth_core.store import ArtifactStore
 from lth_core.training import EpochRecord, Payload
-from trainables.common import (device_share, level_sparsity, report_epoch, resume_state, spend_from_trial,
-                               tracked)
+from trainables.common import (deterministic_errors, device_share, level_sparsity, report_epoch, resume_state,
+                               spend_from_trial, tracked)
 from tracking.runs import TrialRun
-
-
-class TrialInputError(RuntimeError):
-    """A trial error that would recur on a retry (a config, data-format or store error): the sweep
-    fails the trial once, with this one line, instead of letting Ray retry it (sweeps.runner)."""
-
-
-@contextlib.contextmanager
-def deterministic_errors() -> Iterator[None]:
-    """Re-raise a config, data or store error as TrialInputError (one line, its type named)."""
-    from lth_core.config import ConfigError
-    from lth_core.data import DatasetFormatError, DatasetNotFoundError
-    from lth_core.store import OutsideStoreError
-
-    try:
-        yield
-    except (ConfigError, DatasetNotFoundError, DatasetFormatError, OutsideStoreError) as e:
-        raise TrialInputError(f"{type(e).__name__}: {e}") from e
-    except FileNotFoundError as e:  # the store of this node lacks the draw (trainables.common.level_sparsity)
-        raise TrialInputError(f"store: {e}") from e
 
 
 def spend_trainable(config: dict[str, Any]) -> None:
