@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) tests/chromium.py
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 sweep: setup
 	$(PY) sweeps/full_grid.py --preset smoke

@@ -169,6 +169,7 @@ def claims_section(result: Analysis, out: Path, section: html.Section,
         f"below {claims.BOOTSTRAP_FROM} pairs (few seeds, paired design), else a percentile bootstrap. "
         "holds: the interval is above 0; contradicted: below 0; not detected: it contains 0."))
     table = found.table
+    table.to_csv(out / "claims.csv", index=False)  # the numbers, for a results page or a script
     section.add(html.table(pd.DataFrame({
         "claim": table["claim"], "setting": table["setting"], "compares": table["compares"],
         "unit": table["unit"], "measured difference": table["diff_mean"].map(_num),

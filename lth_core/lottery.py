@@ -88,18 +88,22 @@ RESULT_SHAPE = {"spend_key": str, "ticket_key": str, "level": int, "sparsity": f
 SUMMARY_FIELDS = {"best_val_acc": float, "test_acc": float}
 
 
-def _read_json(store: ArtifactStore, shape: dict[str, type], then: str) -> Callable[[str], Any]:
-    def read(path: str) -> Any:
-        data = store.read_json(path)
-        problem = _shape_problem(data, shape)
-        if problem is None and "summary" in shape:
-            problem = _shape_problem(data["summary"], SUMMARY_FIELDS, "summary.")
-        if problem is None and shape is SUMMARY_SHAPE:
-            problem = _summary_problem(data)
-        if problem is not None:
-            raise CorruptArtifactError(f"valid JSON of the wrong shape: {problem}")
-        return data
-    return read
+def read_json_checked(store: ArtifactStore, path: str, shape: dict[str, type]) -> Any:
+    """The JSON artifact at `path`, verified: its checksum, then its shape (required keys and
+    types); valid JSON of another shape raises CorruptArtifactError like a bad checksum."""
+    data = store.read_json(path)
+    problem = _shape_problem(data, shape)
+    if problem is None and "summary" in shape:
+        problem = _shape_problem(data["summary"], SUMMARY_FIELDS, "summary.")
+    if problem is None and shape is SUMMARY_SHAPE:
+        problem = _summary_problem(data)
+    if problem is not None:
+        raise CorruptArtifactError(f"valid JSON of the wrong shape: {problem}")
+    return data
+
+
+def _json_reader(store: ArtifactStore, shape: dict[str, type]) -> Callable[[str], Any]:
+    return functools.partial(read_json_checked, store, shape=shape)
 
 
 def _summary_problem(summary: dict[str, Any]) -> str | None:
@@ -166,11 +170,11 @@ def draw(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallba
     reads as it reads them."""
     summary_path = paths.ticket_summary(ticket.key)
     then = "the draw is checked and its missing parts recomputed"
-    summary = _read_if_valid(_read_json(store, SUMMARY_SHAPE, then), summary_path, then, warn=False)
+    summary = _read_if_valid(_json_reader(store, SUMMARY_SHAPE), summary_path, then, warn=False)
     if summary is not None and (not check_files or not draw_problems(ticket, store)):
         return summary
     with store.lock(paths.ticket_lock(ticket.key)) as lease:
-        summary = _read_if_valid(_read_json(store, SUMMARY_SHAPE, then), summary_path, then)
+        summary = _read_if_valid(_json_reader(store, SUMMARY_SHAPE), summary_path, then)
         if summary is None or (check_files and draw_problems(ticket, store)):
             summary = _draw_locked(ticket, store, on_stage_epoch)
             if lease.lost:  # another worker may have drawn beside us: its files and ours can mix
@@ -183,7 +187,7 @@ def draw(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallba
 def read_draw(key: str, store: ArtifactStore) -> tuple[dict[str, Any] | None, list[str]]:
     """A finished draw's summary by key, and the files of it that are missing or corrupt."""
     try:
-        summary = _read_json(store, SUMMARY_SHAPE, "")(paths.ticket_summary(key))
+        summary = read_json_checked(store, paths.ticket_summary(key), SUMMARY_SHAPE)
         ticket = from_dict(TicketConfig, summary["config"])
     except (FileNotFoundError, CorruptArtifactError, ValueError) as e:
         return None, [f"{paths.ticket_summary(key)} ({str(e).splitlines()[0][:120]})"]
@@ -207,7 +211,7 @@ def draw_problems(ticket: TicketConfig, store: ArtifactStore) -> list[str]:
     problems = [p for p in tensors if not store.verify(p)]
     for path, shape in jsons:
         try:
-            _read_json(store, shape, "")(path)
+            read_json_checked(store, path, shape)
         except (FileNotFoundError, CorruptArtifactError, ValueError):
             problems.append(path)
     return problems
@@ -222,7 +226,7 @@ def _dense_locked(ticket: TicketConfig, store: ArtifactStore, runtime: Runtime, 
     """The dense run's metrics, read back when its files are sound, else trained (under the ticket's
     lock); True when it was trained now."""
     key = ticket.key
-    metrics = _read_if_valid(_read_json(store, DENSE_METRICS_SHAPE, then), paths.dense_metrics(key), then)
+    metrics = _read_if_valid(_json_reader(store, DENSE_METRICS_SHAPE), paths.dense_metrics(key), then)
     sound = all([_sound(store, p, then) for p in _dense_files(ticket)])  # a list: each corrupt file is named
     if metrics is not None and sound:
         return metrics, False
@@ -243,7 +247,7 @@ def dense_run(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageC
     """The ticket's dense run (metrics), trained once when missing: a draw at initialisation trains
     it only for a spend that needs it (a distillation teacher, a rewind point)."""
     then = "the dense run is trained again"
-    metrics = _read_if_valid(_read_json(store, DENSE_METRICS_SHAPE, then), paths.dense_metrics(ticket.key), then,
+    metrics = _read_if_valid(_json_reader(store, DENSE_METRICS_SHAPE), paths.dense_metrics(ticket.key), then,
                              warn=False)
     if metrics is not None and all(store.verify(p) for p in _dense_files(ticket)):
         return metrics
@@ -302,7 +306,7 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
         then = (f"level {level} and the levels after it are recomputed" if sequential
                 else f"level {level} is recomputed")
         mask = _read_if_valid(_read_mask(store), paths.level_mask(key, level), then)
-        metrics = _read_if_valid(_read_json(store, LEVEL_METRICS_SHAPE, then), paths.level_metrics(key, level), then)
+        metrics = _read_if_valid(_json_reader(store, LEVEL_METRICS_SHAPE), paths.level_metrics(key, level), then)
         final_sound = _sound(store, paths.level_final(key, level), then)
         if mask is None or metrics is None or not final_sound:
             if sequential:  # later IMP levels are pruned from this one's weights
@@ -340,7 +344,7 @@ def _draw_at_init(ticket: TicketConfig, store: ArtifactStore, runtime: Runtime, 
     for level, sparsity in zip(range(1, ticket.num_levels + 1), pruning.level_sparsities()):
         then = f"level {level}'s mask is drawn again"
         mask = _read_if_valid(_read_mask(store), paths.level_mask(key, level), then)
-        metrics = _read_if_valid(_read_json(store, AT_INIT_LEVEL_SHAPE, then), paths.level_metrics(key, level), then)
+        metrics = _read_if_valid(_json_reader(store, AT_INIT_LEVEL_SHAPE), paths.level_metrics(key, level), then)
         if mask is None:
             mask = _draw_mask(ticket, model, everything, sparsity, dataset)
             store.write_bytes(paths.level_mask(key, level), mask.to_bytes())
@@ -539,7 +543,7 @@ def _dense_test_acc(run: SpendRun) -> float | None:
     if run.draw_summary["dense"] is not None:
         return run.draw_summary["dense"]["test_acc"]
     then = "it is trained again when a spend needs it"
-    metrics = _read_if_valid(_read_json(run.store, DENSE_METRICS_SHAPE, then),
+    metrics = _read_if_valid(_json_reader(run.store, DENSE_METRICS_SHAPE),
                              paths.dense_metrics(run.spend.ticket.key), then, warn=False)
     return metrics["summary"]["test_acc"] if metrics is not None else None
 
@@ -584,7 +588,7 @@ def finished_spend(spend: SpendConfig, store: ArtifactStore, observers: Sequence
     """A finished spend's result when it and its weights are sound and it holds what every observer
     records; None otherwise (a corrupt one is named in one warning line and trained again)."""
     then = "the spend is trained again"
-    result = _read_if_valid(_read_json(store, RESULT_SHAPE, then), paths.spend_result(spend.key), then, warn)
+    result = _read_if_valid(_json_reader(store, RESULT_SHAPE), paths.spend_result(spend.key), then, warn)
     if result is None:
         return None
     if not _sound(store, paths.spend_weights(spend.key), then, warn=warn, expected=True):

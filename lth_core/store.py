@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -205,8 +206,10 @@ class ArtifactStore:
     # ------------------------------------------------------------ typed views
 
     def write_json(self, path: str, obj: Any) -> None:
-        """Canonical JSON (sorted keys, no spaces, no NaN), the same form as `config.canonical_json`."""
-        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        """Canonical JSON (sorted keys, no spaces), the same form as `config.canonical_json`. JSON
+        has no NaN or infinity: a number that is not finite (the loss of a diverged run) is
+        written as null."""
+        text = json.dumps(_finite_or_null(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
         self.write_bytes(path, text.encode())
 
     def read_json(self, path: str) -> Any:
@@ -709,3 +712,13 @@ def _prefix_path(prefix: str, allow_root: bool) -> str:
 
 def _parent(full: str) -> str:
     return full.rsplit("/", 1)[0]
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj

@@ -82,7 +82,7 @@ def _ticket(store: ArtifactStore, key: str, corrupt: set[str]) -> list[Finding]:
         return [Finding("orphaned", paths.ticket_dir(key), f"its config has key {ticket.key}: not this folder's")]
     if not store.exists(summary_path):
         return [Finding("in progress", paths.ticket_dir(key), "a draw without its summary yet (run it to finish)")]
-    summary = _json(store, summary_path, lottery.SUMMARY_SHAPE, lottery._summary_problem)
+    summary = _json(store, summary_path, lottery.SUMMARY_SHAPE)
     if isinstance(summary, Finding):
         return [] if summary.path in corrupt else [summary]
     return [_file_finding(store, p, "draw", summary_path) for p in lottery.draw_problems(ticket, store)
@@ -111,16 +111,14 @@ def _spend(store: ArtifactStore, key: str, corrupt: set[str]) -> list[Finding]:
     return findings
 
 
-def _json(store: ArtifactStore, path: str, shape: dict[str, type], extra=None) -> Any:
+def _json(store: ArtifactStore, path: str, shape: dict[str, type]) -> Any:
     """The document, or the Finding that says why it cannot be used."""
     try:
-        data = lottery._read_json(store, shape, "")(path)
+        return lottery.read_json_checked(store, path, shape)
     except FileNotFoundError:
         return Finding("missing", path, "not there")
     except (CorruptArtifactError, ValueError) as e:
         return Finding("corrupt", path, _first_line(e), repair=path)
-    problem = extra(data) if extra is not None else None
-    return Finding("corrupt", path, problem, repair=path) if problem else data
 
 
 def _file_finding(store: ArtifactStore, path: str, owner: str, finished_mark: str) -> Finding:

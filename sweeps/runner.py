@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lth_core.config import ConfigError, canonical_json, to_dict
+from lth_core.config import ConfigError, TicketConfig, canonical_json, to_dict
 from lth_core.paths import ticket_summary
 from sweeps.config import SweepConfig, trial_base
 from tracking import layout
@@ -127,7 +127,7 @@ def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: d
     lines = trial_lines(sweep, expected_trials)
     if tune.Tuner.can_restore(path):
         print(f"restoring {name} from {redact(path)}", file=sys.stderr)
-        tuner = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space, resume_errored=True)
+        tuner = _restore(path, wrapped, param_space, lines)
     else:
         # verbose=0: Tune's status tables go nowhere; `trial_lines` prints one line per finished trial.
         # No retries inside Tune (it cannot tell a deterministic error from a lost worker): the loop
@@ -143,15 +143,15 @@ def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: d
     results = _fit(tuner)
     for _ in range(INFRA_RETRIES):
         errors = [r for r in results if r.error is not None]
-        if not errors or any(deterministic_error(r.error) for r in errors):
+        if not errors or not all(retryable(r.error) for r in errors):
             break
-        print(f"{len(errors)} trial(s) of {name} failed outside the trainable ({one_line(errors[0].error)}); "
+        print(f"{len(errors)} trial(s) of {name} failed on the infrastructure ({one_line(errors[0].error)}); "
               "restarting them from their last checkpoint", file=sys.stderr)
-        tuner = tune.Tuner.restore(path, trainable=wrapped, param_space=param_space, resume_errored=True)
+        tuner = _restore(path, wrapped, param_space, lines)
         results = _fit(tuner)
     errors = [r for r in results if r.error is not None]
     if errors:
-        first = next((r for r in errors if deterministic_error(r.error)), errors[0])
+        first = next((r for r in errors if not retryable(r.error)), errors[0])
         label = trial_label(first.config) if first.config else "a trial"
         raise SweepError(f"{len(errors)} of {len(results)} trials of {name} failed; {label}: "
                          f"{one_line(first.error)}; fix the cause and rerun the same command: finished trials "
@@ -160,6 +160,21 @@ def run_tuner(name: str, trainable: Callable, sweep: SweepConfig, param_space: d
     if results.num_terminated < total:  # Tune returns normally after a Ctrl-C/SIGINT
         raise_unfinished(total - results.num_terminated, total, name)
     return results
+
+
+def _restore(path: str, trainable: Any, param_space: dict[str, Any], lines: Any) -> Any:
+    """Restore a Tune experiment with its unfinished and errored trials to run. The callbacks come
+    back unpickled from when the experiment started, so the restored Tuner gets this run's
+    per-trial lines instead, counting on from the trials already finished."""
+    from ray import tune
+
+    tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space, resume_errored=True)
+    tuner._local_tuner.get_run_config().callbacks = [lines]  # Tune has no public setter for this
+    try:
+        lines.done = tuner.get_results().num_terminated
+    except RuntimeError:  # Tune recorded no trial state yet: nothing has finished
+        pass
+    return tuner
 
 
 def _fit(tuner: Any) -> Any:
@@ -209,13 +224,12 @@ def draw_stage(sweep: SweepConfig, parent_run_id: str | None) -> None:
 def plan_text(sweep: SweepConfig, trials: int, kind: str) -> str:
     tickets = sweep.tickets()
     lines = [f"sweep {sweep.name!r} ({kind})",
-             f"  draws:   {len(tickets)} ticket(s): " + ", ".join(
-                 f"{t.key} ({t.data.name}, {t.model.arch} x{t.model.width:g}, seed {t.seed}, "
-                 + (f"{t.num_levels} {t.pruning.method} masks at initialisation, no training)" if t.pruning.source.at_init
-                    else f"{t.num_levels} {t.pruning.method.upper()} levels, {t.recipe.epochs} epochs each)")
-                 for t in tickets),
+             f"  draws:   {len(tickets)} ticket(s), each drawn once and shared by its trials:",
+             *_ticket_kinds(tickets),
              f"  levels:  {', '.join(str(lv) for lv in sweep.spend_levels)}",
              f"  trials:  {trials}",
+             *([f"  combos:  {' | '.join(c.describe() for c in sweep.combos)}; re-training seed(s) "
+                f"{', '.join(str(s) for s in sweep.seeds)}"] if kind == layout.KIND_GRID else []),
              f"  per trial: {sweep.cpus_per_trial:g} CPU, {sweep.gpus_per_trial:g} GPU"
              + (f", at most {sweep.max_concurrent} at once" if sweep.max_concurrent else ""),
              f"  store:   {redact(sweep.store)}",
@@ -223,6 +237,19 @@ def plan_text(sweep: SweepConfig, trials: int, kind: str) -> str:
              f"  ray:     {redact(sweep.ray_address)}, results in {redact(sweep.results_dir)}, "
              f"Ray's and MLflow's logs in {redact(sweep_log_path(sweep))}"]
     return "\n".join(lines)
+
+
+def _ticket_kinds(tickets: list[TicketConfig]) -> list[str]:
+    """One plan line per kind of ticket (alike but for the seed): 15 draws read as 3 lines."""
+    kinds: dict[str, list[TicketConfig]] = {}
+    for t in tickets:
+        what = (f"{t.data.name}, {t.model.arch} x{t.model.width:g}, "
+                + (f"{t.num_levels} {t.pruning.method} masks at initialisation, no training"
+                   if t.pruning.source.at_init else
+                   f"{t.num_levels} {t.pruning.method.upper()} levels, {t.recipe.epochs} epochs each"))
+        kinds.setdefault(what, []).append(t)
+    return [f"    {what}; seed{'s' if len(same) > 1 else ''} {', '.join(str(t.seed) for t in same)}"
+            + (f" (ticket {same[0].key})" if len(same) == 1 else "") for what, same in kinds.items()]
 
 
 def mlflow_ui_hint(sweep: SweepConfig, kind: str = layout.KIND_GRID) -> str:
@@ -328,32 +355,42 @@ def one_line(e: Any) -> str:
     return type(e).__name__
 
 
-def deterministic_error(e: Any) -> bool:
-    """True for a trial error the trainables marked as one that would recur (a config, data or
-    store error: `trainables.common.TrialInputError`)."""
+def retryable(e: Any) -> bool:
+    """True for a trial that failed on the infrastructure: Ray lost its worker, actor or node, or
+    an I/O call failed (a network or file-system hiccup); it is restored from its last checkpoint.
+    An exception of the trainable's own code (a bad input, `trainables.common.TrialInputError`,
+    or a bug) would only recur: that trial fails once."""
+    from ray import exceptions as rx
+
+    lost = (rx.RayActorError, rx.WorkerCrashedError, rx.NodeDiedError, rx.LocalRayletDiedError,
+            rx.OutOfMemoryError, rx.ObjectLostError, rx.RaySystemError)
     if "TrialInputError" in str(e):  # the remote traceback names it
-        return True
+        return False
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if type(e).__name__ == "TrialInputError" or any(c.__name__ == "TrialInputError" for c in type(e).__mro__):
+        if any(c.__name__ == "TrialInputError" for c in type(e).__mro__):
+            return False
+        if isinstance(e, (*lost, OSError)):
             return True
         e = getattr(e, "cause", None) or e.__cause__
     return False
 
 
 def trial_label(config: dict[str, Any]) -> str:
-    """`imp vanilla L2 seed 0` for a spend trial, `draw imp` for a draw trial."""
-    method = (config.get("ticket") or {}).get("pruning", {}).get("method", "imp")
+    """`imp t0 vanilla L2 seed 0` for a spend trial (mask source, ticket seed, tweaks, level,
+    re-training seed), `draw imp seed 0` for a draw trial."""
+    ticket = config.get("ticket") or {}
+    method = ticket.get("pruning", {}).get("method", "imp")
     if "level" not in config:
-        return f"draw {method} seed {(config.get('ticket') or {}).get('seed', 0)}"
+        return f"draw {method} seed {ticket.get('seed', 0)}"
     try:
         from trainables.common import tweaks_from_trial
 
         tweak = tweaks_from_trial(config).describe()
     except Exception:  # noqa: BLE001 - a label must not fail a sweep
         tweak = "?"
-    return f"{method} {tweak} L{config['level']} seed {config.get('seed', 0)}"
+    return f"{method} t{ticket.get('seed', 0)} {tweak} L{config['level']} seed {config.get('seed', 0)}"
 
 
 def trial_lines(sweep: SweepConfig, total: int | None) -> Any:

@@ -32,6 +32,18 @@ def drawn(tmp_path_factory):
     return store, ticket, draw(ticket, store)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs 2 pytest-xdist workers (`--dist loadgroup`). Every module with a test that
+    uses the session's Ray or starts a cluster or server (`slow`) runs whole, in order, on one
+    worker: one Ray at a time on 2 cores, and its tests keep sharing it; the rest runs beside it."""
+    serial = {item.module for item in items
+              if "ray_session" in item.fixturenames or item.get_closest_marker("slow")}
+    for item in items:
+        if item.module in serial:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One in-process Ray for the whole test session (each start costs ~10 s)."""

@@ -172,3 +172,5 @@ def test_report_renders_the_claims_section(full, tmp_path):
     assert "holds" in text and "contradicted" in text and "not detected" in text
     assert sorted(p.name for p in pngs) == [f"claim_C{i}.png" for i in range(1, 7)]
     assert all(p.stat().st_size > 1000 for p in pngs) and text.count("<img") == 6
+    written = pd.read_csv(tmp_path / "claims.csv")
+    assert list(written.columns) == claims.COLUMNS and set(written["claim"]) == {f"C{i}" for i in range(1, 7)}

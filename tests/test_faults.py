@@ -11,6 +11,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -238,6 +239,7 @@ def test_a_sweep_driver_killed_mid_spend_resumes_its_trial_from_the_newest_check
     resumed = run_grid(root, argv)
     assert resumed.code == 0, resumed.err[-3000:]
     assert statuses_at_start == {run.info.run_id: "KILLED"}, "a child run left RUNNING by the killed driver"
+    assert re.search(r"^\[1/1\] imp t0 vanilla L2 seed 0: test acc ", resumed.err, re.M), resumed.err[-2000:]
 
     (trial,) = tune_trials(results, "killed-spends")
     assert trial.status == "TERMINATED" and trial.last_result["epoch"] == SPEND_EPOCHS

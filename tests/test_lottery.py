@@ -1,5 +1,6 @@
 """Draw and spend end to end on digits: artifacts, idempotence, rewinding, corruption, resume."""
 
+import dataclasses
 import time
 
 import pytest
@@ -135,3 +136,24 @@ def test_hessian_tracking_during_a_spend(drawn):
     result = spend(cfg, store, observers=[HessianObserver(every=1, batches=1)])
     assert [epoch for epoch, _ in result["hessian"]["history"]] == [1, 2]
     assert all(value > 0 for _, value in result["hessian"]["history"])
+
+
+def test_a_diverged_spend_is_stored_with_null_losses_and_read_back(drawn, monkeypatch):
+    """A spend whose loss went NaN is a result (chance accuracy), not a failed trial: its stored
+    JSON has null where a number was not finite (JSON has no NaN), and the next ask reads it back
+    instead of training again."""
+    from lth_core import lottery
+
+    store, ticket, _ = drawn
+    cfg = SpendConfig(ticket=ticket, level=2, recipe=dataclasses.replace(ticket.recipe, lr=1e6))
+    result = spend(cfg, store)
+    assert result["history"][0]["train_loss"] != result["history"][0]["train_loss"]  # NaN in memory
+    stored = store.read_json(paths.spend_result(cfg.key))
+    assert stored["history"][0]["train_loss"] is None and 0 <= stored["test_acc"] <= 1
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a stored diverged spend trained again")
+
+    monkeypatch.setattr(lottery, "train_spend", must_not_train)
+    assert spend(cfg, store) == stored
+

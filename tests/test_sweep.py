@@ -210,7 +210,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, monkeypatch):
     run = run_grid(tmp_path, sweep_args(tmp_path, "tiny", "--dry-run"))
     assert run.code == 0, run.err
     assert "sweep 'tiny' (grid)" in run.err and "trials:  4" in run.err and "levels:  1, 2" in run.err
-    assert f"draws:   1 ticket(s): {tiny_ticket().key}" in run.err
+    assert "draws:   1 ticket(s)" in run.err and f"seed 0 (ticket {tiny_ticket().key})" in run.err
     assert f"sqlite:///{tmp_path}/mlflow.db" in run.err
     assert list(tmp_path.iterdir()) == []  # no MLflow db, no store, no Tune results
 
@@ -499,3 +499,47 @@ def test_local_paths_become_absolute_for_trials_that_run_elsewhere(tmp_path, mon
     assert sweep.tracking_uri == (tmp_path / "mlruns").as_uri()
     assert sweep.optuna_storage == f"sqlite:///{tmp_path}/o.db"
     assert resolve_paths(SweepConfig(tracking_uri="http://mlflow:5000")).tracking_uri == "http://mlflow:5000"
+
+
+def remote(cause: BaseException) -> Exception:
+    """What a trial's error looks like when the trainable raised `cause` in a Ray worker."""
+    from ray import exceptions as rx
+
+    return rx.RayTaskError("spend_trainable", f"Traceback ...\n{type(cause).__name__}: {cause}",
+                           cause).as_instanceof_cause()
+
+
+def test_only_infrastructure_failures_are_retried():
+    """A lost worker, actor or node, or an I/O error, is restored from its checkpoint; anything the
+    trainable's own code raised (a bad input, a bug such as NaN in a JSON file) would recur, and
+    fails once instead of training again twice."""
+    from ray import exceptions as rx
+
+    from trainables.common import TrialInputError
+
+    assert runner.retryable(rx.ActorDiedError()) and runner.retryable(rx.WorkerCrashedError())
+    assert runner.retryable(rx.NodeDiedError("node gone")) and runner.retryable(remote(ConnectionError("reset")))
+    assert not runner.retryable(remote(ValueError("Out of range float values are not JSON compliant")))
+    assert not runner.retryable(remote(TrialInputError("DatasetFormatError: truncated")))
+    assert not runner.retryable(remote(RuntimeError("a bug")))
+
+
+def test_a_restored_experiment_numbers_its_trial_lines_on_from_the_finished_trials(monkeypatch, capsys):
+    """Tune brings a restored experiment's callbacks back as they were pickled when it started
+    (their count at 0): the restored Tuner gets this run's per-trial lines instead, numbered on
+    from the trials already finished."""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    run_config = SimpleNamespace(callbacks=["the callback pickled at the start"])
+    restored = SimpleNamespace(_local_tuner=SimpleNamespace(get_run_config=lambda: run_config),
+                               get_results=lambda: SimpleNamespace(num_terminated=3))
+    monkeypatch.setattr(tune.Tuner, "restore", classmethod(lambda cls, *args, **kwargs: restored))
+    lines = runner.trial_lines(None, 5)
+    assert runner._restore("results/x", None, {}, lines) is restored
+    assert run_config.callbacks == [lines]
+    trial = SimpleNamespace(config={"level": 2, "seed": 0, "ticket": {"seed": 1, "pruning": {"method": "imp"}}},
+                            last_result={"test_acc": 0.5, "time_total_s": 3.0})
+    run_config.callbacks[0].on_trial_complete(0, [], trial)
+    assert capsys.readouterr().err == "[4/5] imp t1 vanilla L2 seed 0: test acc 50.00% (3 s)\n"

@@ -244,7 +244,7 @@ def test_final_metrics_are_logged_under_their_own_names(logged):
     tags = run.data.tags
     assert tags[L.PARENT_RUN_ID] == logged["parent"] and tags[L.STAGE] == L.STAGE_SPEND
     assert tags[L.TRIAL_KEY] == tags[L.SPEND_KEY] == done.key and tags[L.TWEAK] == "swish"
-    assert run.info.run_name == "imp L2 36.0% swish seed0" and run.data.params == spend_params(done, 0.36)
+    assert run.info.run_name == "imp t0 L2 36.0% swish seed0" and run.data.params == spend_params(done, 0.36)
     assert run.data.params["sparsity"] == "0.360000" and run.data.params["activation"] == "swish"
 
 

@@ -131,3 +131,13 @@ def test_a_section_with_its_first_setting_alone_reads_back_from_params_parsed_as
     assert params["rescale_init"] == "390"
     parsed = {k: (int(v) if v.isdigit() else v) for k, v in params.items()}
     assert tweaks.from_params(parsed) == config
+
+
+def test_two_plug_ins_of_one_name_are_refused_when_the_registry_loads():
+    """Names key flags, params and store paths: a second module defining a taken name must not load."""
+    from lth_core import registry
+
+    plugins, by_name = registry.load("lth_core.tweaks", ["activations", "skips"], "TWEAK")
+    assert [p.name for p in plugins] == list(by_name) == ["activation", "skip"]
+    with pytest.raises(ImportError, match="more than one module defines activation"):
+        registry.load("lth_core.tweaks", ["activations", "skips", "activations"], "TWEAK")

@@ -92,10 +92,10 @@ def spend_trial_key(spend: SpendConfig) -> str:
 
 
 def spend_run_name(spend: SpendConfig) -> str:
-    """E.g. 'imp L2 36.0% swish seed0': mask source, level, sparsity, tweaks and seed at a glance
-    in the MLflow UI's run list."""
-    return (f"{spend.ticket.pruning.method} L{spend.level} {spend.sparsity:.1%} {spend.tweaks.describe()} "
-            f"seed{spend.seed}")
+    """E.g. 'imp t0 L2 36.0% swish seed0': mask source, ticket seed, level, sparsity, tweaks and
+    re-training seed at a glance in the MLflow UI's run list."""
+    return (f"{spend.ticket.pruning.method} t{spend.ticket.seed} L{spend.level} {spend.sparsity:.1%} "
+            f"{spend.tweaks.describe()} seed{spend.seed}")
 
 
 # ------------------------------------------------------------------------ params (strings)

@@ -8,6 +8,7 @@ there; an epoch already logged is not logged again, nor are final metrics alread
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -227,12 +228,13 @@ class TrialRun:
         self.log_points([(k, v, step or 0) for k, v in metrics.items()])
 
     def log_points(self, points: Sequence[tuple[str, float, int]]) -> None:
-        """(name, value, step) triples in one batch."""
+        """(name, value, step) triples in one batch. A value of None is a number that was not
+        finite when stored (JSON has no NaN: `ArtifactStore.write_json`) and is logged as NaN."""
         from mlflow.entities import Metric
 
         now = _now_ms()
         for start in range(0, len(points), 1000):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, int(s))
+            self.client.log_batch(self.run_id, metrics=[Metric(k, math.nan if v is None else float(v), now, int(s))
                                                         for k, v, s in points[start:start + 1000]])
 
     def logged_steps(self, key: str) -> set[int]:

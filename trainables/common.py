@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class TrialInputError(RuntimeError):
-    """A trial error that would recur on a retry (a config, data-format or store error): the sweep
-    fails the trial once, with this one line, instead of letting Ray retry it (sweeps.runner)."""
+    """A trial error that would recur on a retry (a config, data-format or store error), in one
+    line: the sweep fails the trial once and shows it (`sweeps.runner.retryable`)."""
 
 
 @contextlib.contextmanager

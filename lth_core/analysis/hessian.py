@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from ..hooks import Loop, Observer
 from ..masks import Mask
@@ -128,7 +129,9 @@ def top_hessian_eigenvalues(model: nn.Module, batches: Sequence[Batch], *, mask:
     values: list[float] = []
     vectors: list[list[torch.Tensor]] = []
     iterations: list[int] = []
-    with eval_mode(model), torch.enable_grad():
+    # A terminal shows how far the power iterations are (at most max_iter HVPs per eigenvalue).
+    progress = tqdm(total=k * max_iter, desc="Hessian", unit="HVP", disable=None, leave=False)
+    with eval_mode(model), torch.enable_grad(), progress:
         for _ in range(k):
             v = masked([torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params])
             v = _normalized(_orthogonalized(v, vectors))
@@ -139,8 +142,10 @@ def top_hessian_eigenvalues(model: nn.Module, batches: Sequence[Batch], *, mask:
                 v = _normalized(_orthogonalized(hv, vectors))
                 converged = value is not None and abs(new - value) <= tol * (abs(value) + 1e-12)
                 value = new
+                progress.update()
                 if converged:
                     break
+            progress.update(max_iter - it)
             values.append(value)
             vectors.append(v)
             iterations.append(it)

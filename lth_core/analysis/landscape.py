@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from tqdm import tqdm
 
 from ..masks import Mask
 from .hessian import Batch, LossFn, eval_mode, model_device, on_device
@@ -75,11 +76,11 @@ def loss_surface_2d(model: nn.Module, batches: Sequence[Batch], d1: Direction, d
     zero = {n: torch.zeros_like(params[n]) for n in names}
     d1, d2 = {**zero, **d1}, {**zero, **d2}
     out = np.empty((len(alphas), len(betas)))
+    grid = [(i, j) for i in range(len(alphas)) for j in range(len(betas))]
     with eval_mode(model):
-        for i, a in enumerate(alphas):
-            for j, b in enumerate(betas):
-                moved = {n: params[n] + float(a) * d1[n] + float(b) * d2[n] for n in names}
-                out[i, j] = _mean_loss(model, batches, loss_fn, moved)
+        for i, j in tqdm(grid, desc="loss landscape", unit="point", disable=None, leave=False):
+            moved = {n: params[n] + float(alphas[i]) * d1[n] + float(betas[j]) * d2[n] for n in names}
+            out[i, j] = _mean_loss(model, batches, loss_fn, moved)
     return out
 
 

@@ -1,12 +1,11 @@
 """Mask sources: one module each (the contract: `lth_core.mask_sources.base`), listed once in
-`MODULES`. `pruning.method` names one; the CLI's choices, the sweep's `prune_methods` axis, the
-Optuna dimension and the docs table are derived from the registry.
+`MODULES`. `pruning.method` names one; the CLI's choices, the sweep's `prune_methods` axis (one
+Optuna study per source) and the docs table are derived from the registry.
 """
 
 from __future__ import annotations
 
-import importlib
-
+from lth_core import registry
 from lth_core.mask_sources.base import MaskRequest, MaskSource
 
 __all__ = ["MODULES", "REGISTRY", "SOURCES", "MaskRequest", "MaskSource", "docs_table"]
@@ -20,9 +19,9 @@ MODULES = (  # one line per source: the module in this package that defines its 
     "grasp",
     "synflow",
 )
-REGISTRY: tuple[MaskSource, ...] = tuple(importlib.import_module(f"{__name__}.{m}").SOURCE for m in MODULES)
-SOURCES: dict[str, MaskSource] = {s.name: s for s in REGISTRY}
-assert len(SOURCES) == len(REGISTRY), "two mask sources share a name"
+REGISTRY: tuple[MaskSource, ...]
+SOURCES: dict[str, MaskSource]
+REGISTRY, SOURCES = registry.load(__name__, MODULES, "SOURCE")
 
 
 def docs_table() -> str:

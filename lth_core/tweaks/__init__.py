@@ -1,5 +1,5 @@
 """Re-training tweaks: one module each (the contract: `lth_core.tweaks.base`), listed once in
-`REGISTRY`. Everything else is derived from the registry: `TweakConfig`, the core CLI's flags,
+`MODULES`. Everything else is derived from the registry: `TweakConfig`, the core CLI's flags,
 the trial dict codec, the Optuna space, the MLflow params, the trial label, the report's columns
 and the tweak table of the docs (`python -m lth_core tweaks`).
 
@@ -9,10 +9,10 @@ Registry order is the order in which hooks run and labels are joined.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from lth_core import registry
 from lth_core.hooks import LossFn, TrainHook
 from lth_core.schema import from_dict
 from lth_core.tweaks.base import Flat, SpendContext, Tweak
@@ -30,9 +30,9 @@ MODULES = (  # one line per tweak: the module in this package that defines its T
     "rewind",
     "swa",
 )
-REGISTRY: tuple[Tweak, ...] = tuple(importlib.import_module(f"{__name__}.{m}").TWEAK for m in MODULES)
-TWEAKS: dict[str, Tweak] = {t.name: t for t in REGISTRY}
-assert len(TWEAKS) == len(REGISTRY), "two tweaks share a name"
+REGISTRY: tuple[Tweak, ...]
+TWEAKS: dict[str, Tweak]
+REGISTRY, TWEAKS = registry.load(__name__, MODULES, "TWEAK")
 
 VANILLA = "vanilla"
 
