@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -60,17 +61,24 @@ def summary_table(sweep: SweepConfig, store: ArtifactStore) -> str:
     return "\n".join(lines)
 
 
-def draw_line(summary: dict) -> str:
-    """A draw in one line: its dense and vanilla LTH test accuracies per level (`format_levels`
-    is the full table); a draw at initialisation trained nothing and shows its sparsities."""
-    method = summary["config"].get("pruning", {}).get("method", "imp")
-    head = f"ticket {summary['key']} ({method})"
-    levels = summary["levels"]
-    if summary.get("dense") is None:
-        return f"{head}: masks at initialisation, sparsity " + " ".join(
-            f"L{lv['level']} {lv['sparsity']:.1%}" for lv in levels)
-    return (f"{head}: dense {summary['dense']['test_acc']:.2%}, vanilla LTH "
-            + " ".join(f"L{lv['level']} {lv['test_acc']:.2%}" for lv in levels))
+def draw_lines(summaries: list[dict], levels: Sequence[int]) -> list[str]:
+    """The draws in a few lines: each trained ticket's dense and vanilla LTH test accuracies at
+    the sweep's levels (`format_levels` is the full table); the tickets drawn at initialisation,
+    which trained nothing, one line per source with their sparsities."""
+    lines, at_init = [], {}
+    for summary in summaries:
+        method = summary["config"].get("pruning", {}).get("method", "imp")
+        seed = summary["config"].get("seed", 0)
+        chosen = [lv for lv in summary["levels"] if lv["level"] in levels]
+        if summary.get("dense") is None:
+            at_init.setdefault(method, (chosen, []))[1].append(str(seed))
+            continue
+        lines.append(f"ticket {summary['key']} ({method}, seed {seed}): dense {summary['dense']['test_acc']:.2%}, "
+                     "vanilla LTH " + " ".join(f"L{lv['level']} {lv['test_acc']:.2%}" for lv in chosen))
+    for method, (chosen, seeds) in at_init.items():
+        lines.append(f"{method} masks at initialisation (seed {', '.join(seeds)}): "
+                     + " ".join(f"L{lv['level']} {lv['sparsity']:.1%}" for lv in chosen) + " sparse")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
             runner.require_stored(sweep, [paths.spend_result(s.key) for s in sweep.spends()], name)
     store = ArtifactStore(sweep.store)
     print()  # the tables on stdout, after the trial lines on stderr
-    for ticket in sweep.tickets():  # vanilla LTH per level, from the draw: one line each
-        print(draw_line(store.read_json(paths.ticket_summary(ticket.key))))
+    summaries = [store.read_json(paths.ticket_summary(t.key)) for t in sweep.tickets()]
+    print("\n".join(draw_lines(summaries, sweep.spend_levels)))
     print(f"(per-level tables: python -m lth_core show --key KEY --store {sweep.store})\n")
     print(summary_table(sweep, store))
     print(f"\nsweep {sweep.name!r} finished in {runner.elapsed(started)}: {trials} trials.\n"

@@ -252,16 +252,34 @@ def test_bad_input_fails_before_any_work(ray_session, tmp_path, monkeypatch, ext
 # ------------------------------------------------------------------------------------------ faults
 
 
-def test_a_stopped_sweep_resumes_and_runs_only_the_unfinished_trials(grid, tmp_path):
+def test_a_stopped_sweep_resumes_and_runs_only_the_unfinished_trials(grid, tmp_path, monkeypatch):
     """Ctrl-C (SIGINT) while the spends run, then the same command again."""
     copy_ticket(grid.store_path, tmp_path)
     argv = sweep_args(tmp_path, "stopped", "--max-concurrent", "1")
     results = tmp_path / "store" / "spends"
     sent = threading.Event()
+    completed = []  # spend trials Tune has completed (a list: Tune pickles its callbacks)
+    trial_lines = runner.trial_lines
+
+    def counting_lines(sweep, total):
+        lines = trial_lines(sweep, total)
+        complete = lines.on_trial_complete
+
+        def on_trial_complete(iteration, trials, trial, **info):
+            complete(iteration, trials, trial, **info)
+            if "level" in trial.config:
+                completed.append(trial.trial_id)
+
+        lines.on_trial_complete = on_trial_complete
+        return lines
+
+    monkeypatch.setattr(runner, "trial_lines", counting_lines)
 
     def interrupt_after_the_first_spend() -> None:
+        # After Tune completed a spend trial, not merely after its result reached the store: a
+        # trial still reporting when the stop comes is saved as unfinished, and rightly runs again.
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not list(results.glob("*/result.json")):
+        while time.monotonic() < deadline and not completed:
             time.sleep(0.02)
         sent.set()
         os.kill(os.getpid(), signal.SIGINT)  # Tune's handler stops the experiment and saves its state
@@ -543,3 +561,19 @@ def test_a_restored_experiment_numbers_its_trial_lines_on_from_the_finished_tria
                             last_result={"test_acc": 0.5, "time_total_s": 3.0})
     run_config.callbacks[0].on_trial_complete(0, [], trial)
     assert capsys.readouterr().err == "[4/5] imp t1 vanilla L2 seed 0: test acc 50.00% (3 s)\n"
+
+
+def test_the_draws_print_in_a_line_per_trained_ticket_and_per_source_drawn_at_init():
+    """15 draws of a fidelity-sized sweep read as 5 + 2 lines, each with only the sweep's levels."""
+    def summary(key, method, seed, dense=None):
+        levels = [{"level": lv, "sparsity": 1 - 0.8 ** lv, **({"test_acc": 0.9 - lv / 100} if dense else {})}
+                  for lv in range(1, 17)]
+        return {"key": key, "config": {"seed": seed, "pruning": {"method": method}}, "levels": levels,
+                "dense": {"test_acc": dense} if dense else None}
+
+    summaries = [summary("k0", "imp", 0, 0.8691), summary("r0", "random", 0), summary("r1", "random", 1),
+                 summary("s0", "snip", 0)]
+    assert full_grid.draw_lines(summaries, (10, 16)) == [
+        "ticket k0 (imp, seed 0): dense 86.91%, vanilla LTH L10 80.00% L16 74.00%",
+        "random masks at initialisation (seed 0, 1): L10 89.3% L16 97.2% sparse",
+        "snip masks at initialisation (seed 0): L10 89.3% L16 97.2% sparse"]
