@@ -21,6 +21,23 @@ def tiny_ticket(**changes) -> TicketConfig:
     return TicketConfig(**fields)
 
 
+def revived_layers(weights, mask) -> list[str]:
+    """The masked tensors of `weights` (name -> tensor) with a pruned entry that is not zero."""
+    return [name for name in mask if torch.count_nonzero(weights[name].detach().cpu()[~mask[name]])]
+
+
+def train_checking_the_mask(run) -> list[str]:
+    """Train a prepared spend (`lottery.prepare_spend`), checking its pruned weights after every
+    epoch (the checkpoint payload's model) and at the end; the layers where any revived."""
+    from lth_core.lottery import train_spend
+
+    revived = []
+    train_spend(run, persist_checkpoints=False,
+                on_epoch=lambda record, payload: revived.extend(revived_layers(payload()["model"], run.mask)))
+    revived += revived_layers(dict(run.model.named_parameters()), run.mask)
+    return sorted(set(revived))
+
+
 @pytest.fixture(scope="session")
 def drawn(tmp_path_factory):
     """(store, ticket, summary) of one tiny draw shared by the tests that only read it."""

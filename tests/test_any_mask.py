@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_ticket
+from conftest import tiny_ticket, train_checking_the_mask
 from lth_core import lottery, paths, tweaks
 from lth_core.config import ConfigError, PruneConfig, SpendConfig, replace
-from lth_core.lottery import draw, load_level, prepare_spend, spend, train_spend
+from lth_core.lottery import draw, load_level, prepare_spend, spend
 from lth_core.mask_sources import REGISTRY, docs_table
 from lth_core.store import ArtifactStore
 
@@ -135,14 +135,8 @@ def test_pruned_weights_stay_zero_for_every_source_under_every_tweak(method, tmp
         run = prepare_spend(spend_of(ticket, **flat), store)
         drawn_mask = drawn_mask or load_level(ticket, 2, store)
         assert {n: int(run.mask[n].sum()) for n in run.mask} == {n: int(drawn_mask[n].sum()) for n in drawn_mask}
-        revived = []
-
-        def check(weights):
-            revived.extend(n for n in run.mask if torch.count_nonzero(weights[n].cpu()[~run.mask[n]]))
-
-        train_spend(run, persist_checkpoints=False, on_epoch=lambda record, payload: check(payload()["model"]))
-        check(dict(run.model.named_parameters()))
-        assert not revived, f"{method} with {flat}: pruned weights revived in {sorted(set(revived))}"
+        revived = train_checking_the_mask(run)
+        assert not revived, f"{method} with {flat}: pruned weights revived in {revived}"
 
 
 def test_the_sweep_draws_once_per_mask_source():

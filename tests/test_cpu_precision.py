@@ -21,7 +21,7 @@ from torch import nn
 from lth_core import tweaks
 from lth_core.analysis.hessian import HessianObserver, top_hessian_eigenvalues
 from lth_core.analysis.landscape import loss_along, random_direction
-from conftest import tiny_ticket
+from conftest import revived_layers, tiny_ticket
 from lth_core.config import ConfigError, SpendConfig, replace
 from lth_core.data import iterate_batches
 from lth_core.lottery import prepare_spend, train_spend
@@ -88,9 +88,8 @@ def run_spend(store, ticket, case: str, mode: str) -> dict[str, object]:
     forward = Forward(run.model)
     observer = HessianObserver(every=1, batches=1) if case == "vanilla" else None
     result = train_spend(run, persist_checkpoints=False, observers=[observer] if observer else [])
-    params = dict(run.model.named_parameters())
-    revived = {name: int(torch.count_nonzero(params[name].detach()[~run.mask[name]])) for name in run.mask}
-    return {"runtime": run.runtime, "history": result.history, "revived": {k: v for k, v in revived.items() if v},
+    revived = revived_layers(dict(run.model.named_parameters()), run.mask)
+    return {"runtime": run.runtime, "history": result.history, "revived": revived,
             "forward": forward.seen, "hessian": observer.history if observer else None, "model": run.model}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import train_checking_the_mask
 from lth_core import tweaks
 from lth_core.config import SpendConfig, TweakConfig, replace
 from lth_core.lottery import prepare_spend, spend, train_spend
@@ -29,15 +30,8 @@ def test_pruned_weights_stay_zero_with_swa_alone_and_with_every_other_tweak(draw
     config = spend_config(ticket, SWAConfig(start=0.0), epochs=2, **extra)
     assert config.tweaks.swa is not None and (other is None or getattr(config.tweaks, other) != getattr(
         TweakConfig(), other))
-    run = prepare_spend(config, store)
-    revived = []
-
-    def check(weights):
-        revived.extend(name for name in run.mask if torch.count_nonzero(weights[name].cpu()[~run.mask[name]]))
-
-    train_spend(run, persist_checkpoints=False, on_epoch=lambda record, payload: check(payload()["model"]))
-    check(dict(run.model.named_parameters()))
-    assert not revived, f"pruned weights revived in {sorted(set(revived))}"
+    revived = train_checking_the_mask(prepare_spend(config, store))
+    assert not revived, f"pruned weights revived in {revived}"
 
 
 def test_final_weights_are_the_average_of_the_averaged_epochs(drawn):
