@@ -110,12 +110,14 @@ class Payload:
     so each writer (store, Tune, a test) shares one copy of the weights. `due` says whether the
     recipe's cadence (`RecipeConfig.checkpoint_seconds`) wants it persisted: writers skip it
     otherwise, and a caller that only looks at it may still build it. Build it during the
-    `on_epoch` call: later it would hold later weights."""
+    `on_epoch` call: later it would hold later weights. `history` is the epochs so far (those of
+    earlier attempts included) without building anything."""
 
-    def __init__(self, build: Callable[[], dict[str, Any]], due: bool):
+    def __init__(self, build: Callable[[], dict[str, Any]], due: bool, history: Sequence[EpochRecord] = ()):
         self._build = build
         self._built: dict[str, Any] | None = None
         self.due = due
+        self.history = tuple(history)
 
     def __call__(self) -> dict[str, Any]:
         if self._built is None:
@@ -124,7 +126,7 @@ class Payload:
 
     def extended(self, extra: Callable[[], dict[str, Any]]) -> Payload:
         """This payload with the entries of `extra()` added, equally due, built once as well."""
-        return Payload(lambda: {**self(), **extra()}, self.due)
+        return Payload(lambda: {**self(), **extra()}, self.due, self.history)
 
 
 EpochCallback = Callable[[EpochRecord, Payload], None]
@@ -254,7 +256,7 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
             due = (epoch in (start_epoch + 1, recipe.epochs)
                    or time.perf_counter() - unsaved_since + seconds > recipe.checkpoint_seconds)
             on_epoch(record, Payload(lambda: _checkpoint(model, optimizer, scheduler, generator, epoch, result,
-                                                         hooks), due))
+                                                         hooks), due, result.history))
             if due:
                 unsaved_since = time.perf_counter()
     replaced = [hook.on_train_end(loop) for hook in hooks]

@@ -577,3 +577,27 @@ def test_the_draws_print_in_a_line_per_trained_ticket_and_per_source_drawn_at_in
         "ticket k0 (imp, seed 0): dense 86.91%, vanilla LTH L10 80.00% L16 74.00%",
         "random masks at initialisation (seed 0, 1): L10 89.3% L16 97.2% sparse",
         "snip masks at initialisation (seed 0): L10 89.3% L16 97.2% sparse"]
+
+
+def test_an_epoch_reports_its_best_so_far_and_builds_the_state_only_for_a_due_checkpoint(monkeypatch):
+    """Building the state copies the weights off the device: an epoch whose checkpoint is not due
+    reports from the payload's history alone (earlier attempts' epochs included)."""
+    from trainables import common
+    from lth_core.training import EpochRecord, Payload
+
+    reports, builds = [], []
+    monkeypatch.setattr(common.tune, "report", lambda metrics, checkpoint=None: reports.append((metrics, checkpoint)))
+    history = [EpochRecord(epoch=1, lr=0.1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.7, test_acc=0.6,
+                           seconds=1.0),
+               EpochRecord(epoch=2, lr=0.1, train_loss=0.8, train_acc=0.6, val_loss=0.9, val_acc=0.65, test_acc=0.7,
+                           seconds=1.0)]
+
+    def build():
+        builds.append(1)
+        return {"epoch": 2, "history": [vars(r) for r in history]}
+
+    common.report_epoch(history[-1], Payload(build, due=False, history=history))
+    assert builds == [] and reports[-1][1] is None
+    assert reports[-1][0]["best_val_acc"] == 0.7 and reports[-1][0]["best_test_acc"] == 0.6
+    common.report_epoch(history[-1], Payload(build, due=True, history=history))
+    assert builds == [1] and reports[-1][1] is not None

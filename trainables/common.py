@@ -142,18 +142,17 @@ def report_epoch(record: EpochRecord, payload: Payload, hessian: float | None = 
     wants one (`payload.due`, `RecipeConfig.checkpoint_seconds`): saving it and Tune's copy of it
     are the costly part of a short epoch, and every checkpoint makes Tune sync its experiment
     state. `best_*` is the best-validation epoch so far, the epochs of earlier attempts included
-    (the state's history)."""
-    state = payload()
-    best = max(state["history"], key=lambda r: (r["val_acc"], -r["epoch"]))
+    (`payload.history`: the state is built only when a checkpoint is due)."""
+    best = max(payload.history, key=lambda r: (r.val_acc, -r.epoch))
     metrics = {"epoch": record.epoch, "train_loss": record.train_loss, "val_acc": record.val_acc,
-               "test_acc": record.test_acc, "best_val_acc": best["val_acc"], "best_test_acc": best["test_acc"]}
+               "test_acc": record.test_acc, "best_val_acc": best.val_acc, "best_test_acc": best.test_acc}
     if hessian is not None:
         metrics["hessian_top_eigenvalue"] = hessian
     if not payload.due:
         tune.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, Path(folder) / STATE_FILE)
+        torch.save(payload(), Path(folder) / STATE_FILE)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
