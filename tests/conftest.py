@@ -12,6 +12,9 @@ torch.set_num_threads(1)
 
 from lth_core.config import ModelConfig, PruneConfig, RecipeConfig, TicketConfig  # noqa: E402
 
+RAY_GROUP = "ray"
+SCATTERED = pytest.StashKey[bool]()  # a Ray module's test that xdist did not group
+
 
 def tiny_ticket(**changes) -> TicketConfig:
     """A ticket that draws in seconds: narrow ResNet-18 on digits, 2 epochs, 2 IMP levels."""
@@ -49,16 +52,31 @@ def drawn(tmp_path_factory):
     return store, ticket, draw(ticket, store)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+@pytest.hookimpl(wrapper=True)  # around pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """`make test` runs 2 pytest-xdist workers (`--dist loadgroup`). Every module with a test that
     uses the session's Ray or starts a cluster or server (`slow`) runs whole, in order, on one
-    worker: one Ray at a time on 2 cores, and its tests keep sharing it; the rest runs beside it."""
+    worker: one Ray at a time on 2 cores, and its tests keep sharing it; the rest runs beside it.
+
+    xdist groups a test by appending `@group` to its node id; a pytest on which that no longer
+    takes (pytest-xdist#1386, pytest 9.2) would scatter these modules silently: their tests fail."""
     serial = {item.module for item in items
               if "ray_session" in item.fixturenames or item.get_closest_marker("slow")}
-    for item in items:
-        if item.module in serial:
-            item.add_marker(pytest.mark.xdist_group("ray"))
+    grouped = [item for item in items if item.module in serial]
+    for item in grouped:
+        item.add_marker(pytest.mark.xdist_group(RAY_GROUP))
+    yield
+    if getattr(config.option, "loadgroup", False):
+        for item in grouped:
+            item.stash[SCATTERED] = not item.nodeid.endswith(f"@{RAY_GROUP}")
+
+
+def pytest_runtest_setup(item):
+    """A test that xdist failed to group fails here with the reason, not later as a flaky race."""
+    if item.stash.get(SCATTERED, False):
+        pytest.fail(f"pytest-xdist did not put {item.nodeid} with Ray's tests: pytest {pytest.__version__} breaks "
+                    "--dist loadgroup (pytest-xdist#1386); install the pinned test dependencies (make setup)",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")
