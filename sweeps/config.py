@@ -177,8 +177,6 @@ def _fidelity() -> dict[str, Any]:
     skip) from init and rewound, the reinit and shuffle controls; IMP, random and SNIP masks;
     5 ticket seeds (a pair = one ticket seed: its mask draw and initialisation, and with the one
     spend seed the same data order across tweaks); --analyze for Table A1. 300 trials."""
-    # GradInit at its defaults: a non-default section value is logged as a bare number, which the
-    # report cannot read back yet (tweaks.from_params)
     gradinit = {"rescale_init": "on"}
     at_trt = {"activation": "swish", "skip": "conv1x1", "label_smoothing": 0.1, **gradinit}
     return {

@@ -54,6 +54,19 @@ def test_label_names_the_tweak_and_vanilla_keys_stay(name):
     assert content_key(SpendConfig(ticket=tiny_ticket(), tweaks=TweakConfig())) == SpendConfig(ticket=tiny_ticket()).key
 
 
+@pytest.mark.parametrize("name", [t.name for t in REGISTRY if t.section is not None])
+def test_each_setting_of_a_section_tweak_changes_its_label(name):
+    """The report groups runs by label: two settings of one tweak must not share one."""
+    tweak = TWEAKS[name]
+    defaults = tweak.section()
+    labels = [tweak.label(defaults)]
+    for f in dataclasses.fields(tweak.section):
+        value = getattr(defaults, f.name)
+        changed = value + 1 if isinstance(value, int) else value / 2
+        labels.append(tweak.label(dataclasses.replace(defaults, **{f.name: changed})))
+    assert len(set(labels)) == len(labels), labels
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_flat_form_round_trips_through_trial_dicts(name):
     from trainables.common import tweaks_from_trial

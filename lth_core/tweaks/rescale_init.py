@@ -159,7 +159,10 @@ class RescaleInit(Tweak):
     search = ("off", "on")
 
     def label(self, value: Any) -> str:
-        return "gradinit"
+        """`gradinit` at the defaults; otherwise its settings too (`gradinit50,0.05`), so that two
+        settings in one sweep stay two groups in the report."""
+        flat = self.encode(value)
+        return "gradinit" if flat == "on" else f"gradinit{flat}"
 
     def init(self, value: Any, model: nn.Module, ctx: SpendContext) -> dict[str, Any]:
         """Runs in fp32 whatever the recipe's precision: it differentiates twice."""
