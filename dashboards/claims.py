@@ -117,7 +117,7 @@ def is_control(tweak: str) -> bool:
 def is_at_trt(tweak: str) -> bool:
     """The paper's AT + TRT: Swish, a skip (identity or the RepVGG 1x1), label smoothing and
     GradInit, nothing else (rewinding aside)."""
-    kinds = sorted("skip" if p.startswith("skip-") else "ls" if p.startswith("ls") else p
+    kinds = sorted("skip" if p.startswith("skip-") else "ls" if p.startswith("ls") else p.split("(")[0]
                    for p in parts(tweak) if not p.startswith("rewind"))
     return kinds == ["gradinit", "ls", "skip", "swish"]
 

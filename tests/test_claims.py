@@ -98,6 +98,7 @@ def test_verdicts():
 
 def test_labels():
     assert claims.is_at_trt(AT_TRT) and claims.is_at_trt("swish+skip-identity+ls0.1+gradinit+rewind1")
+    assert claims.is_at_trt("swish+skip-identity+ls0.1+gradinit(iterations=390)")  # the paper preset's
     assert not claims.is_at_trt("swish+skip-identity+ls0.1") and not claims.is_at_trt("vanilla")
     assert claims.source_of(RANDOM) == "random" and claims.source_of("digits resnet18 w0.25") == "imp"
     assert claims.vanilla_for("swish+rewind1", {"vanilla", "rewind1"}) == "rewind1"

@@ -114,7 +114,7 @@ def test_all_tweaks_together_keep_pruned_weights_zero(drawn):
     mask = load_level(ticket, 2, store)
     for name in mask:
         assert (captured["model"][name][~mask[name]] == 0).all(), name
-    assert result["tweak"] == "swish+skip-conv1x1+ls0.1+kd0.9,5+gradinit+rewind1"
+    assert result["tweak"] == "swish+skip-conv1x1+ls0.1+kd0.9,5+gradinit(iterations=3,batch_size=32)+rewind1"
     scales = result["init_records"]["rescale_init"]["scales"]
     assert scales and all(v >= 0 for v in scales.values())
     assert any(".skip." in k for k in captured["model"])

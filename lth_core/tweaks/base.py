@@ -103,6 +103,13 @@ class Tweak:
     def label(self, value: Any) -> str:
         raise NotImplementedError(f"tweak {self.name!r} must say how it labels a trial")
 
+    def changed_settings(self, value: Any) -> str:
+        """A section's settings that differ from its defaults, for a label: `(iterations=50)`, or ''."""
+        defaults = self.section()
+        changed = [f"{f.name}={_flat_text(getattr(value, f.name))}" for f in dataclasses.fields(value)
+                   if getattr(value, f.name) != getattr(defaults, f.name)]
+        return f"({','.join(changed)})" if changed else ""
+
     def hooks(self) -> tuple[str, ...]:
         """The hooks this tweak implements."""
         return tuple(h for h in HOOKS if getattr(type(self), h) is not getattr(Tweak, h))

@@ -159,10 +159,9 @@ class RescaleInit(Tweak):
     search = ("off", "on")
 
     def label(self, value: Any) -> str:
-        """`gradinit` at the defaults; otherwise its settings too (`gradinit50,0.05`), so that two
-        settings in one sweep stay two groups in the report."""
-        flat = self.encode(value)
-        return "gradinit" if flat == "on" else f"gradinit{flat}"
+        """`gradinit` at the defaults, `gradinit(iterations=390)` otherwise: the report groups runs
+        by label, so two settings in one sweep must not share one."""
+        return "gradinit" + self.changed_settings(value)
 
     def init(self, value: Any, model: nn.Module, ctx: SpendContext) -> dict[str, Any]:
         """Runs in fp32 whatever the recipe's precision: it differentiates twice."""
