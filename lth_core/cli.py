@@ -217,7 +217,7 @@ def _stages(ticket: TicketConfig) -> str:
     if ticket.pruning.source.at_init:
         return f"{n} {ticket.pruning.method} mask(s) scored at initialisation, no training"
     return (f"dense run ({e} epochs), then {n} {ticket.pruning.method.upper()} level(s) "
-            f"({e} epochs each) = {(n + 1) * e} epochs")
+            f"({e} epochs each{ticket.pruning.retrain_text}) = {(n + 1) * e} epochs")
 
 
 def draw_plan(ticket: TicketConfig, store: Any) -> str:

@@ -146,6 +146,11 @@ class PruneConfig:
     def source(self) -> MaskSource:
         return SOURCES[self.method]
 
+    @property
+    def retrain_text(self) -> str:
+        """How each level re-trains, for a plan line: nothing from init, else the rewound epoch."""
+        return f", rewound to epoch {self.rewind_epoch}" if self.rewind_epoch else ""
+
     def level_sparsities(self) -> tuple[float, ...]:
         """Target sparsity of levels 1..L."""
         if self.sparsities:

@@ -246,7 +246,8 @@ def _ticket_kinds(tickets: list[TicketConfig]) -> list[str]:
         what = (f"{t.data.name}, {t.model.arch} x{t.model.width:g}, "
                 + (f"{t.num_levels} {t.pruning.method} masks at initialisation, no training"
                    if t.pruning.source.at_init else
-                   f"{t.num_levels} {t.pruning.method.upper()} levels, {t.recipe.epochs} epochs each"))
+                   f"{t.num_levels} {t.pruning.method.upper()} levels, {t.recipe.epochs} epochs each"
+                   f"{t.pruning.retrain_text}"))
         kinds.setdefault(what, []).append(t)
     return [f"    {what}; seed{'s' if len(same) > 1 else ''} {', '.join(str(t.seed) for t in same)}"
             + (f" (ticket {same[0].key})" if len(same) == 1 else "") for what, same in kinds.items()]

@@ -91,3 +91,16 @@ def test_module_entry_point_has_help():
                          check=True).stdout
     for flag in ("--activation", "--skip", "--kd", "--rescale-init", "--rewind-epoch", "--store"):
         assert flag in out
+
+
+def test_the_draw_plan_says_whether_levels_retrain_from_init_or_a_rewound_epoch(tmp_path):
+    from conftest import tiny_ticket
+
+    from lth_core.cli import draw_plan
+    from lth_core.config import PruneConfig
+    from lth_core.store import ArtifactStore
+
+    store = ArtifactStore(str(tmp_path))
+    assert "then 2 IMP level(s) (2 epochs each) = 6 epochs" in draw_plan(tiny_ticket(), store)
+    rewound = tiny_ticket(pruning=PruneConfig(levels=2, rewind_epoch=1))
+    assert "then 2 IMP level(s) (2 epochs each, rewound to epoch 1) = 6 epochs" in draw_plan(rewound, store)

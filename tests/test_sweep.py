@@ -213,6 +213,9 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, monkeypatch):
     assert "draws:   1 ticket(s)" in run.err and f"seed 0 (ticket {tiny_ticket().key})" in run.err
     assert f"sqlite:///{tmp_path}/mlflow.db" in run.err
     assert list(tmp_path.iterdir()) == []  # no MLflow db, no store, no Tune results
+    assert "2 IMP levels, 2 epochs each; seed 0" in run.err
+    rewound = run_grid(tmp_path, sweep_args(tmp_path, "tiny", "--dry-run", "--set", "ticket.pruning.rewind_epoch=1"))
+    assert "2 IMP levels, 2 epochs each, rewound to epoch 1; seed 0" in rewound.err
 
 
 def closed_port_uri() -> str:
