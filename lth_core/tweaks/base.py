@@ -105,10 +105,13 @@ class Tweak:
 
     def changed_settings(self, value: Any) -> str:
         """A section's settings that differ from its defaults, for a label: `(iterations=50)`, or ''."""
-        defaults = self.section()
-        changed = [f"{f.name}={_flat_text(getattr(value, f.name))}" for f in dataclasses.fields(value)
-                   if getattr(value, f.name) != getattr(defaults, f.name)]
+        changed = [f"{name}={_flat_text(getattr(value, name))}" for name in self._changed_fields(value)]
         return f"({','.join(changed)})" if changed else ""
+
+    def _changed_fields(self, value: Any) -> list[str]:
+        """The names of a section value's settings that differ from the defaults, in field order."""
+        defaults = self.section()
+        return [f.name for f in dataclasses.fields(self.section) if getattr(value, f.name) != getattr(defaults, f.name)]
 
     def hooks(self) -> tuple[str, ...]:
         """The hooks this tweak implements."""
@@ -120,12 +123,11 @@ class Tweak:
             return value
         if value is None:
             return "off"
-        defaults = self.section()
-        fields = [f.name for f in dataclasses.fields(self.section)]
-        changed = [i for i, f in enumerate(fields) if getattr(value, f) != getattr(defaults, f)]
+        changed = self._changed_fields(value)
         if not changed:
             return "on"
-        return ",".join(_flat_text(getattr(value, f)) for f in fields[:changed[-1] + 1])
+        fields = [f.name for f in dataclasses.fields(self.section)]
+        return ",".join(_flat_text(getattr(value, f)) for f in fields[:fields.index(changed[-1]) + 1])
 
     def decode(self, flat: Any) -> Any:
         """The value of a flat form (a value already decoded passes through); raises ConfigError."""
