@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=2700, help="training images (val and test follow 45:5:10)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--graphs", default="auto", choices=["auto", "on", "off"], help="recipe.graphs of the spend")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,10 +72,11 @@ def main() -> None:
         root = write_cifar100(Path(tmp) / "data", n_train=n_dev, n_test=round(args.train * 10 / 45))
         data = DataConfig(name="cifar100", root=str(root))
         ticket = TicketConfig(data=data, model=ModelConfig(width=args.width),
-                              recipe=RecipeConfig(epochs=1, batch_size=args.batch_size, device="cpu"),
+                              recipe=RecipeConfig(epochs=1, batch_size=args.batch_size, device=args.device),
                               pruning=PruneConfig(method="omp", sparsities=(0.89,)))
         spend_cfg = SpendConfig(ticket=ticket, level=1,
-                                recipe=RecipeConfig(epochs=args.epochs, batch_size=args.batch_size, device="cpu"))
+                                recipe=RecipeConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                                                    graphs=args.graphs))
         store = ArtifactStore(str(Path(tmp) / "store"))
         run = prepare_spend(spend_cfg, store)  # draws the ticket (one dense epoch, one level) first
         timer = EpochTimer()
@@ -88,7 +91,7 @@ def main() -> None:
         log.close()
 
     step, total = sum(timer.step_seconds), sum(timer.epoch_seconds)
-    print(f"cpu, resnet18 x{args.width:g} at 89% sparsity, synthetic CIFAR-100 {args.train}:{n_dev - args.train}:"
+    print(f"{args.device} (graphs {args.graphs}), resnet18 x{args.width:g} at 89% sparsity, synthetic CIFAR-100 {args.train}:{n_dev - args.train}:"
           f"{round(args.train * 10 / 45)} images, batch {args.batch_size}, {args.epochs} epochs, "
           f"threads={torch.get_num_threads()}")
     print(f"epoch seconds: {total / len(timer.epoch_seconds):.3f}  (training step {step / len(timer.step_seconds):.3f})")

@@ -50,6 +50,7 @@ TICKET_FLAGS: FlagTable = {
     "--milestones": ("recipe.milestones", "ints", "epochs where the lr drops x0.1 (default 50%%,75%%)"),
     "--device": ("recipe.device", str, "auto | cpu | cuda"),
     "--precision": ("recipe.precision", str, "auto | fp32 | bf16"),
+    "--graphs": ("recipe.graphs", str, "auto | on | off: replay each step as a CUDA graph (auto: on for CUDA)"),
     "--prune-method": ("pruning.method", str, "mask source: " + " | ".join(SOURCES)),
     "--prune-rate": ("pruning.rate", float, "share of remaining weights removed per IMP level"),
     "--num-levels": ("pruning.levels", int, "number of pruning levels to draw"),

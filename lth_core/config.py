@@ -27,6 +27,7 @@ PRUNE_METHODS = tuple(SOURCES)
 PRUNE_SCOPES = ("global", "layerwise")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+GRAPHS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,9 @@ class RecipeConfig:
     sets the checkpoint cadence: a checkpoint is due after the first epoch of a run (so a store
     that refuses it fails at once), after the last, and whenever waiting one more epoch would
     leave more than that many seconds unsaved; so a crash loses at most `checkpoint_seconds` or
-    one epoch, whichever is longer. 0 checkpoints every epoch."""
+    one epoch, whichever is longer. 0 checkpoints every epoch. `graphs` replays each training and
+    evaluation step of the recipe's batch size as a CUDA graph (`lth_core.steps`): `on`, `off`,
+    or `auto` (on where CUDA is, see `Runtime.resolve`); it changes speed, not results."""
 
     epochs: int = 180
     batch_size: int = 128
@@ -83,6 +86,7 @@ class RecipeConfig:
     channels_last: bool = not_keyed(True)
     channels_last_cpu: bool = not_keyed(False)
     checkpoint_seconds: float = not_keyed(60.0)
+    graphs: str = not_keyed("auto")
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "recipe.epochs", f"must be >= 1, got {self.epochs}")
@@ -98,6 +102,7 @@ class RecipeConfig:
                  f"must be strictly increasing, got {list(self.milestones)}")
         choice(self.device, DEVICES, "recipe.device")
         choice(self.precision, PRECISIONS, "recipe.precision")
+        choice(self.graphs, GRAPHS, "recipe.graphs")
         require(self.checkpoint_seconds >= 0, "recipe.checkpoint_seconds",
                  f"must be >= 0 (0 checkpoints every epoch), got {self.checkpoint_seconds}")
 

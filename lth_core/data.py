@@ -348,7 +348,17 @@ def _affine(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch
     """Per-channel (scale, shift) with (x / 255 - mean) / std == x * scale - shift."""
     mean = torch.tensor(dataset.mean, dtype=torch.float32)
     std = torch.tensor(dataset.std, dtype=torch.float32)
-    return (1 / (255 * std)).view(-1, 1, 1).to(device), (mean / std).view(-1, 1, 1).to(device)
+    return _on_device((1 / (255 * std)).view(-1, 1, 1), device), _on_device((mean / std).view(-1, 1, 1), device)
+
+
+def _on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device` without waiting for the GPU. A plain copy to CUDA first waits for
+    every kernel already queued, so the per-batch random draws (made on the CPU generator, which
+    keeps checkpoints portable) would stall the loop once a step; from pinned memory the copy is
+    asynchronous, and the caching host allocator keeps the buffer until the copy is done."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def normalize(images_uint8: torch.Tensor, dataset: Dataset) -> torch.Tensor:
@@ -368,10 +378,10 @@ def _augment(images: torch.Tensor, dataset: Dataset, generator: torch.Generator)
     n, c, h, w = images.shape
     p = dataset.crop_padding
     device = images.device
-    offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=generator.device).to(device)
+    offsets = _on_device(torch.randint(0, 2 * p + 1, (2, n), generator=generator, device=generator.device), device)
     cols = torch.arange(w, device=device).expand(n, w)
     if dataset.flip:
-        flips = torch.randint(0, 2, (n, 1), generator=generator, device=generator.device).bool().to(device)
+        flips = _on_device(torch.randint(0, 2, (n, 1), generator=generator, device=generator.device).bool(), device)
         cols = torch.where(flips, w - 1 - cols, cols)
     rows = offsets[0, :, None] + torch.arange(h, device=device)
     cols = offsets[1, :, None] + cols
@@ -430,7 +440,7 @@ def _batches(dataset: Dataset, images: torch.Tensor, labels: torch.Tensor, batch
     # Separate from iterate_batches so its argument errors raise at the call, not at the first batch.
     n = len(labels)
     device = images.device
-    order = torch.randperm(n, generator=generator, device=generator.device).to(device) if shuffle else None
+    order = _on_device(torch.randperm(n, generator=generator, device=generator.device), device) if shuffle else None
     scale, shift = _affine(dataset, device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):

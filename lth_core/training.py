@@ -30,22 +30,33 @@ from lth_core.config import RecipeConfig
 from lth_core.data import Dataset, iterate_batches, lone_last_image
 from lth_core.hooks import LossFn, Loop, TrainHook, cross_entropy_loss
 from lth_core.masks import Mask, MaskApplier
+from lth_core.steps import EvalStep, TrainStep
 
 log = logging.getLogger(__name__)
 
 
+# `recipe.graphs: auto` captures CUDA graphs on CUDA: a GPU run checked them against eager (the
+# mask after every graphed step with every tweak on, and test accuracies equal to the last digit
+# for fixed seeds), 2026-12-04 on one H200: see docs/benchmarks.md. False would keep `auto` eager.
+GRAPHS_VERIFIED_ON_CUDA = True
+
+
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how fast to run, resolved from a recipe and the machine."""
+    """Where and how fast to run, resolved from a recipe and the machine. `graphs` runs the
+    steps of `lth_core.steps` on static tensors, captured as CUDA graphs where `capture`."""
 
     device: torch.device
     bf16: bool
     channels_last: bool
+    graphs: bool = False
 
     @classmethod
     def resolve(cls, recipe: RecipeConfig) -> Runtime:
         """'auto' precision is bf16 only where the GPU has it natively; an explicit 'bf16' is honoured
-        on the CPU too (CPU autocast), so the GPU's mixed-precision path can be tested without one."""
+        on the CPU too (CPU autocast), so the GPU's mixed-precision path can be tested without one.
+        Graphs likewise: 'auto' is on for CUDA (once verified there), 'on' also runs the graph code
+        path on the CPU, where nothing is captured."""
         if recipe.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("recipe.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
         device = torch.device("cuda" if recipe.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -53,11 +64,17 @@ class Runtime:
         native_bf16 = on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
         bf16 = recipe.precision == "bf16" or (recipe.precision == "auto" and native_bf16)
         channels_last = recipe.channels_last if on_cuda else recipe.channels_last_cpu
-        return cls(device=device, bf16=bf16, channels_last=channels_last)
+        graphs = recipe.graphs == "on" or (recipe.graphs == "auto" and on_cuda and GRAPHS_VERIFIED_ON_CUDA)
+        return cls(device=device, bf16=bf16, channels_last=channels_last, graphs=graphs)
+
+    @property
+    def capture(self) -> bool:
+        return self.graphs and self.device.type == "cuda"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            # A captured graph must not reuse casts cached outside it.
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=not self.capture)
         return contextlib.nullcontext()
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -138,23 +155,22 @@ def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
             for k, v in model.state_dict().items()}
 
 
-@torch.no_grad()
+EVAL_BATCH = 512
+
+
 def evaluate(model: nn.Module, dataset: Dataset, split: str, runtime: Runtime,
-             loss_fn: LossFn = cross_entropy_loss, batch_size: int = 512) -> tuple[float, float]:
-    """Mean loss and accuracy over a split, in eval mode."""
+             loss_fn: LossFn = cross_entropy_loss, batch_size: int = EVAL_BATCH,
+             step: EvalStep | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy over a split, in eval mode (through `step`, whose graph `fit` keeps)."""
+    step = step or EvalStep(model, loss_fn, runtime, batch_size)
     was_training = model.training
     model.eval()
-    total_loss = torch.zeros((), device=runtime.device)
-    correct = torch.zeros((), device=runtime.device, dtype=torch.long)
-    count = 0
+    step.reset()
     for images, labels in iterate_batches(dataset, split, batch_size):
-        with runtime.autocast():
-            logits = model(runtime.images(images))
-        total_loss += loss_fn(logits, images, labels).float() * labels.numel()
-        correct += (logits.argmax(1) == labels).sum()
-        count += labels.numel()
+        step(images, labels)
     model.train(was_training)
-    return float(total_loss) / max(count, 1), float(correct) / max(count, 1)
+    count = max(step.seen, 1)
+    return float(step.loss_sum) / count, float(step.correct) / count
 
 
 def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, runtime: Runtime,
@@ -204,6 +220,8 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
     test_acc = result.best.test_acc if result.history else None
     unsaved_since = time.perf_counter()
     lone_batch = lone_last_image(dataset, "train", recipe.batch_size)  # BatchNorm cannot train on one image
+    train_step = TrainStep(model, loss_fn, runtime, recipe.batch_size)
+    eval_step = EvalStep(model, cross_entropy_loss, runtime, EVAL_BATCH)
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         started = time.perf_counter()
         loop.epoch = epoch
@@ -211,37 +229,29 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
             hook.on_epoch_start(loop)
         lr = optimizer.param_groups[0]["lr"]
         model.train()
-        train_loss = torch.zeros((), device=runtime.device)
-        train_correct = torch.zeros((), device=runtime.device, dtype=torch.long)
-        seen = 0
+        train_step.reset()
         for images, labels in iterate_batches(dataset, "train", recipe.batch_size, generator=generator,
                                               shuffle=True, augment=True, drop_last=lone_batch):
             for hook in hooks:
                 images, labels = hook.on_batch(loop, images, labels)
-            with runtime.autocast():
-                logits = model(runtime.images(images))
-                loss = loss_fn(logits, images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            train_step(images, labels)
             optimizer.step()
             if applier is not None:
                 applier.apply_()
             for hook in hooks:
                 hook.on_step_end(loop)
-            train_loss += loss.detach().float() * labels.numel()
-            train_correct += (logits.detach().argmax(1) == labels).sum()
-            seen += labels.numel()
         loop.scheduler.step()
         for hook in hooks:
             hook.on_epoch_end(loop)
-        val_loss, val_acc = evaluate(model, dataset, "val", runtime)
+        val_loss, val_acc = evaluate(model, dataset, "val", runtime, step=eval_step)
         if best_val is None or val_acc > best_val or epoch == recipe.epochs:
-            _, test_acc = evaluate(model, dataset, "test", runtime)
+            _, test_acc = evaluate(model, dataset, "test", runtime, step=eval_step)
         best_val = val_acc if best_val is None else max(best_val, val_acc)
         runtime.synchronize()
         seconds = time.perf_counter() - started
-        record = EpochRecord(epoch=epoch, lr=lr, train_loss=float(train_loss) / max(seen, 1),
-                             train_acc=float(train_correct) / max(seen, 1), val_loss=val_loss,
+        seen = max(train_step.seen, 1)
+        record = EpochRecord(epoch=epoch, lr=lr, train_loss=float(train_step.loss_sum) / seen,
+                             train_acc=float(train_step.correct) / seen, val_loss=val_loss,
                              val_acc=val_acc, test_acc=test_acc, seconds=seconds)
         if not math.isfinite(record.train_loss) and all(math.isfinite(r.train_loss) for r in result.history):
             log.warning("warning: training diverged at epoch %d (training loss %s): the weights are no longer "
@@ -263,8 +273,8 @@ def fit(model: nn.Module, dataset: Dataset, recipe: RecipeConfig, *, seed: int, 
     if applier is not None:
         applier.zero_pruned_()
     if any(replaced):
-        val_loss, val_acc = evaluate(model, dataset, "val", runtime)
-        _, test_acc = evaluate(model, dataset, "test", runtime)
+        val_loss, val_acc = evaluate(model, dataset, "val", runtime, step=eval_step)
+        _, test_acc = evaluate(model, dataset, "test", runtime, step=eval_step)
         result.history[-1] = dataclasses.replace(result.history[-1], val_loss=val_loss, val_acc=val_acc,
                                                  test_acc=test_acc)
     return result

@@ -160,7 +160,7 @@ def _paper() -> dict[str, Any]:
         "combos": combos + [{**c, "rewind_epoch": 33} for c in combos],
         "seeds": [0, 1, 2],
         "cpus_per_trial": 2.0,
-        "gpus_per_trial": 0.25,
+        "gpus_per_trial": 1.0,  # graphed trials gain nothing from sharing a GPU: docs/benchmarks.md
         "asha": False,
         "optuna_trials": 24,
         "optuna_space": {"activation": ["relu", "swish", "mish"], "skip": ["none", "identity", "conv1x1"],
@@ -224,7 +224,7 @@ FLAGS: FlagTable = {
                                                 "METHODS"),
                         "mask sources, one draw each, comma separated: " + ", ".join(SOURCES)),
     "--cpus-per-trial": ("cpus_per_trial", float, "CPUs per trial"),
-    "--gpus-per-trial": ("gpus_per_trial", float, "GPUs per trial (0.25 puts four trials on a GPU)"),
+    "--gpus-per-trial": ("gpus_per_trial", float, "GPUs per trial (0.25 puts four trials on a GPU; graphed trials do not gain from it)"),
     "--max-concurrent": ("max_concurrent", int, "most trials at once (0 = as resources allow)"),
     "--asha": ("asha", "flag", "stop weak combinations early (ASHA on validation accuracy)"),
     "--analyze": ("analyze", "flag", "log activation sparsity and the top Hessian eigenvalue of every spent ticket"),
