@@ -317,6 +317,16 @@ def _draw_level(sweep: SweepConfig, study: LevelStudy) -> dict[str, Any] | None:
     return next((lv for lv in summary.get("levels", []) if lv["level"] == study.level), None)
 
 
+def _vanilla_test_acc(sweep: SweepConfig, study: LevelStudy, draw_level: dict[str, Any] | None) -> float | None:
+    """Vanilla LTH at the study's level: the draw's own re-training of the level (IMP, OMP); a mask
+    drawn at initialisation trains nothing to draw, so there it is the vanilla spend when the store
+    holds one (a trial of the search, or the grid), else unknown."""
+    if draw_level is not None and "test_acc" in draw_level:
+        return draw_level["test_acc"]
+    result = _spend_result(sweep, spend_for(sweep, study, {}))
+    return result["test_acc"] if result else None
+
+
 def _spend_result(sweep: SweepConfig, spend: SpendConfig) -> dict[str, Any] | None:
     from lth_core.paths import spend_result
 
@@ -337,7 +347,7 @@ def best_of(sweep: SweepConfig, study: LevelStudy, storage: Any) -> dict[str, An
                              "trials": len(ot_study.trials), "complete": complete, "best_trial": None,
                              "params": None, "tweak": None,
                              "values": {"best_val_acc": None, "test_acc": None,
-                                        "vanilla_test_acc": draw_level["test_acc"] if draw_level else None}}
+                                        "vanilla_test_acc": _vanilla_test_acc(sweep, study, draw_level)}}
     if not complete:
         return entry
     best = ot_study.best_trial
