@@ -142,12 +142,12 @@ def test_summary_of_masks_drawn_at_initialisation(tmp_path, method):
 
     entry = optuna_search.best_of(sweep, study, storage)
     assert entry["values"] == {"best_val_acc": 0.5, "test_acc": None, "vanilla_test_acc": None}
-    assert "-" in optuna_search.best_table([entry], with_ticket=False).splitlines()[-1].split()
+    assert "-" in optuna_search.best_table([entry]).splitlines()[-1].split()
 
     result = lottery.spend(optuna_search.spend_for(sweep, study, vanilla), store)
     entry = optuna_search.best_of(sweep, study, storage)
     assert entry["values"]["test_acc"] == entry["values"]["vanilla_test_acc"] == result["test_acc"]
-    row = optuna_search.best_table([entry], with_ticket=False).splitlines()[-1].split()
+    row = optuna_search.best_table([entry]).splitlines()[-1].split()
     assert row[0] == str(LEVEL) and row[2] == "vanilla" and row[4] == row[5] == f"{result['test_acc']:.2%}"
 
 

@@ -20,7 +20,8 @@ the column named without the prefix (`result_column`): `final_test_acc` -> `test
 A draw run has no per-epoch series: `dense_test_acc`, `dense_best_val_acc`, `wall_seconds`
 (step 0) and per IMP level (step = level) `vanilla_test_acc`, `vanilla_best_val_acc`,
 `level_sparsity`. An Optuna parent run logs `best_val_acc` and `best_test_acc` per level
-(step = level; suffix `_ticket<seed>` with several ticket seeds).
+(step = level; suffixed `_<mask source>` with several sources, `_ticket<seed>` with several
+ticket seeds).
 """
 
 from __future__ import annotations
@@ -181,9 +182,10 @@ OPTUNA_BEST_VAL_ACC = "best_val_acc"
 OPTUNA_BEST_TEST_ACC = "best_test_acc"
 
 
-def optuna_best_metric(name: str, ticket_seed: int | None = None) -> str:
-    """`best_val_acc` / `best_test_acc`, suffixed `_ticket<seed>` when a search has several tickets."""
-    return name if ticket_seed is None else f"{name}_ticket{ticket_seed}"
+def optuna_best_metric(name: str, ticket: str | None = None) -> str:
+    """`best_val_acc` / `best_test_acc`, suffixed with the ticket when a search has several: its mask
+    source, `ticket<seed>`, or both (`best_val_acc_snip_ticket1`)."""
+    return name if not ticket else f"{name}_{ticket.replace('-', '_')}"
 
 
 # ------------------------------------------------------------------------ artifacts

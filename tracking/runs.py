@@ -165,18 +165,18 @@ def close_stale_children(tracking_uri: str, parent_run_id: str, status: str = "K
 
 
 def log_optuna_best(tracking_uri: str, parent_run_id: str,
-                    best: Iterable[tuple[int, int | None, float | None, float | None]],
+                    best: Iterable[tuple[int, str | None, float | None, float | None]],
                     summary: Mapping[str, Any]) -> None:
-    """An Optuna search's result on its parent run: per (level, ticket seed or None, best
+    """An Optuna search's result on its parent run: per (level, ticket label or None, best
     validation accuracy, its test accuracy) the metrics `best_val_acc` and `best_test_acc`
-    (step = level, suffixed `_ticket<seed>` when a seed is given), and `summary` as
-    `optuna_best.json`."""
+    (step = level, suffixed with the label when a search has several tickets:
+    `layout.optuna_best_metric`), and `summary` as `optuna_best.json`."""
     from mlflow.entities import Metric
 
     client = _client(tracking_uri)
     now = _now_ms()
-    metrics = [Metric(L.optuna_best_metric(name, seed), float(value), now, level)
-               for level, seed, val, test in best
+    metrics = [Metric(L.optuna_best_metric(name, ticket), float(value), now, level)
+               for level, ticket, val, test in best
                for name, value in ((L.OPTUNA_BEST_VAL_ACC, val), (L.OPTUNA_BEST_TEST_ACC, test))
                if value is not None]
     if metrics:
