@@ -441,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
     print(best_table(entries))
     print(f"\noptuna search {sweep.name!r} finished in {runner.elapsed(started)}: {new_trials} new trial(s) in "
           f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} ({redact(sweep.optuna_storage)}).\n"
-          f"MLflow UI: {runner.mlflow_ui_hint(sweep, layout.KIND_OPTUNA)}")
+          f"MLflow UI: {runner.mlflow_ui_hint(sweep, parent)}")
     return 0
 
 

@@ -345,7 +345,8 @@ def test_reading_an_unknown_experiment_or_a_missing_store(logged, tmp_path):
     assert not missing.exists()
 
 
-def test_ui_hint():
-    assert ui_hint("http://u:pw@mlflow:5000", "t-optuna") == (
-        "open http://u:***@mlflow:5000 and pick the experiment 't-optuna'")
-    assert ui_hint("sqlite:////x/m.db", "t").startswith("mlflow ui --backend-store-uri sqlite:////x/m.db")
+def test_ui_hint_opens_the_runs_page():
+    assert ui_hint("http://u:pw@mlflow:5000/", "7") == "open http://mlflow:5000/#/experiments/7/runs"
+    assert ui_hint("https://mlflow.example/prefix", "7") == "open https://mlflow.example/prefix/#/experiments/7/runs"
+    assert ui_hint("sqlite:////x/m.db", "0") == (
+        "mlflow ui --backend-store-uri sqlite:////x/m.db  # then open http://127.0.0.1:5000/#/experiments/0/runs")

@@ -27,6 +27,7 @@ ticket seeds).
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:  # types only: the reader side needs no lth_core at run time
     from lth_core.config import SpendConfig, TicketConfig
@@ -47,6 +48,19 @@ def experiment_name(sweep_name: str, kind: str = KIND_GRID) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown sweep kind {kind!r}; one of {', '.join(KINDS)}")
     return sweep_name if kind == KIND_GRID else f"{sweep_name}-{KIND_OPTUNA}"
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def runs_page_url(server: str, experiment_id: str) -> str:
+    """The experiment's runs page in the MLflow UI at `server`. It opens on "Training runs" whatever
+    mode the browser's sidebar is in: MLflow 3 keeps that mode in the browser and ignores the
+    experiment's `mlflow.experimentKind` tag (mlflow/mlflow#24498), so a link to the experiment
+    alone can open on the GenAI overview. Credentials in `server` are left out: a browser asks."""
+    parts = urlsplit(server)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{urlunsplit((parts.scheme, host, parts.path.rstrip('/'), '', ''))}/#/experiments/{experiment_id}/runs"
 
 
 # ------------------------------------------------------------------------ tags

@@ -99,11 +99,18 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return folder.resolve().as_uri()
 
 
-def ui_hint(tracking_uri: str, experiment: str) -> str:
-    """How to look at an experiment's runs."""
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """How to look at an experiment's runs: its runs page (`layout.runs_page_url`), on the tracking
+    server, or on `mlflow ui` started on a local store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {redact(tracking_uri)} and pick the experiment {experiment!r}"
-    return f"mlflow ui --backend-store-uri {redact(tracking_uri)}  # then open http://127.0.0.1:5000"
+        return f"open {L.runs_page_url(tracking_uri, experiment_id)}"
+    return (f"mlflow ui --backend-store-uri {redact(tracking_uri)}  "
+            f"# then open {L.runs_page_url(L.LOCAL_UI, experiment_id)}")
+
+
+def experiment_of(tracking_uri: str, run_id: str) -> str:
+    """The id of the experiment a run is in."""
+    return _client(tracking_uri).get_run(run_id).info.experiment_id
 
 
 # ------------------------------------------------------------------------ the parent run
