@@ -356,14 +356,24 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Every finding on stdout, one line each; exit 0 when the store is sound, 1 when not."""
-    from lth_core.verify import FAULTS, repair, report, scan
+    """Every finding on stdout, one line each; exit 0 when the store is sound (after a repair: when
+    the repaired store, scanned again, is), 1 when not. A store that is not there, or a folder
+    without the store's layout, is refused before anything is read or deleted."""
+    from lth_core.verify import FAULTS, NotAStoreError, repair, report, scan
 
-    store = open_store(args.store, write=args.repair)
-    findings = scan(store)
+    store = open_store(args.store, write=False)
+    try:
+        findings = scan(store)
+    except NotAStoreError as e:
+        via = f" (--store {args.store} is a link to it)" if _local_folder(args.store).is_symlink() else ""
+        raise CliError(f"{e}{via}; pass --store with the folder draws and spends write to "
+                       "(nothing was changed)") from None
+    if args.repair:
+        probe_store(args.store)  # a store that takes no writes is named here, not half-way through
     repaired = repair(store, findings) if args.repair else []
-    print(report(findings, repaired))
-    return 1 if len([f for f in findings if f.kind in FAULTS]) > len(repaired) else 0
+    after = scan(store) if args.repair else None
+    print(report(findings, repaired, after))
+    return 1 if any(f.kind in FAULTS for f in (findings if after is None else after)) else 0
 
 
 def cmd_masks(args: argparse.Namespace) -> dict[str, Any]:
@@ -439,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every artifact of a store: corrupt, missing, orphaned (exit 1 if any)")
     common(p)
     p.add_argument("--repair", action="store_true",
-                   help="remove what is corrupt or left over, so the next draw or spend recomputes it "
-                        "(run it while nothing writes to the store)")
+                   help="remove what is corrupt or left over, so the next draw or spend recomputes it; "
+                        "only files of the store's layout are removed (run it while nothing writes to the store)")
     p.set_defaults(run=cmd_verify)
 
     for name, run, text in (("tweaks", cmd_tweaks, "the registered re-training tweaks: flags, values, labels, hooks"),

@@ -36,7 +36,7 @@ from lth_core.hooks import Observer, cross_entropy_loss
 from lth_core.mask_sources import MaskRequest
 from lth_core.masks import Mask, prunable_names
 from lth_core.models import build_model, load_ticket_weights
-from lth_core.pruning import refuse_empty_layers
+from lth_core.pruning import EmptyLayerError, refuse_empty_layers
 from lth_core.store import ArtifactStore, CorruptArtifactError
 from lth_core.training import EpochCallback, EpochRecord, Payload, Runtime, TrainResult, fit, state_copy
 from lth_core.tweaks.distillation import Teacher, load_teacher
@@ -83,6 +83,7 @@ SUMMARY_SHAPE = {"key": str, "config": dict, "levels": list}
 DENSE_METRICS_SHAPE = {"summary": dict, "history": list}
 LEVEL_METRICS_SHAPE = {"level": int, "sparsity": float, "summary": dict, "history": list}
 AT_INIT_LEVEL_SHAPE = {"level": int, "sparsity": float}
+FAILURE_SHAPE = {"key": str, "error": str}
 RESULT_SHAPE = {"spend_key": str, "ticket_key": str, "level": int, "sparsity": float, "tweak": str,
                 "test_acc": float, "best_val_acc": float, "history": list}
 SUMMARY_FIELDS = {"best_val_acc": float, "test_acc": float}
@@ -167,7 +168,9 @@ def draw(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallba
     A finished draw is read back when its summary and, with `check_files`, every file it consists
     of are sound (checksums and JSON shapes); otherwise what is missing or corrupt, and what
     derives from it, is recomputed. A spend passes `check_files=False`: it verifies the files it
-    reads as it reads them."""
+    reads as it reads them. A draw that fails for good (a level's mask would empty a layer:
+    `EmptyLayerError`) leaves its error in `paths.ticket_failure`, so that `verify` names it rather
+    than taking it for a draw in progress; the next attempt removes it."""
     summary_path = paths.ticket_summary(ticket.key)
     then = "the draw is checked and its missing parts recomputed"
     summary = _read_if_valid(_json_reader(store, SUMMARY_SHAPE), summary_path, then, warn=False)
@@ -176,7 +179,11 @@ def draw(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallba
     with store.lock(paths.ticket_lock(ticket.key)) as lease:
         summary = _read_if_valid(_json_reader(store, SUMMARY_SHAPE), summary_path, then)
         if summary is None or (check_files and draw_problems(ticket, store)):
-            summary = _draw_locked(ticket, store, on_stage_epoch)
+            try:
+                summary = _draw_locked(ticket, store, on_stage_epoch)
+            except EmptyLayerError as e:  # the schedule, not the run: drawing again fails the same way
+                store.write_json(paths.ticket_failure(ticket.key), {"key": ticket.key, "error": str(e)})
+                raise
             if lease.lost:  # another worker may have drawn beside us: its files and ours can mix
                 store.delete(summary_path)
                 raise RuntimeError(f"lost the lock on ticket {ticket.key} while drawing it (a stalled worker or "
@@ -284,6 +291,7 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
     dataset = dataset_on(ticket.data, runtime.device)
     check_schedule(ticket, dataset)
     store.write_json(paths.ticket_config(key), {"key": key, "config": to_dict(ticket)})
+    store.delete(paths.ticket_failure(key))  # an earlier attempt's: this one is in progress
     if ticket.pruning.source.at_init:
         return _draw_at_init(ticket, store, runtime, dataset)
 

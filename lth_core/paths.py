@@ -15,17 +15,21 @@ takes the key as a string, so a caller holding only a key (`python -m lth_core s
     tickets/<key>/level_<k>/metrics.json             vanilla LTH re-training at that sparsity
     tickets/<key>/level_<k>/checkpoint.pt            the level's last epoch, while it trains
     tickets/<key>/summary.json                       written last: the draw is complete
+    tickets/<key>/failed.json                        a draw that failed for good (a layer emptied), until it finishes
     spends/<key>/final.safetensors                   a finished spend's weights (for the analyses)
     spends/<key>/result.json                         a finished spend, written last
     spends/<key>/checkpoint.pt                       the spend's last epoch, while it trains
 
 and the locks `ticket-<key>` and `spend-<key>` (`ArtifactStore.lock`) make draws and spends
-single-flight.
+single-flight. These files, and nothing else, are the store's (`is_layout_file`): `verify --repair`
+deletes nothing outside them.
 Stores written with this layout must stay readable: change a string here only
 together with a migration of existing stores.
 """
 
 from __future__ import annotations
+
+import re
 
 TICKETS = "tickets"
 SPENDS = "spends"
@@ -53,6 +57,12 @@ def ticket_config(key: str) -> str:
 def ticket_summary(key: str) -> str:
     """The draw's summary (dense and per-level accuracy), written last: the draw is complete."""
     return f"{ticket_dir(key)}/summary.json"
+
+
+def ticket_failure(key: str) -> str:
+    """Why a draw failed for good (a schedule that empties a layer): written when it fails, removed
+    when it finishes, so that a draw that can never finish is not taken for one in progress."""
+    return f"{ticket_dir(key)}/failed.json"
 
 
 def ticket_lock(key: str) -> str:
@@ -135,3 +145,32 @@ def spend_checkpoint(key: str) -> str:
 def spend_lock(key: str) -> str:
     """The lock name that makes identical spends single-flight."""
     return f"spend-{_key(key)}"
+
+
+# ---------------------------------------------------------------- what is the store's
+
+def finished_mark(path: str) -> str:
+    """The file whose presence says that the draw or spend a layout file belongs to is finished
+    (`ticket_summary`, `spend_result`)."""
+    top, key = path.split("/")[:2]
+    return ticket_summary(key) if top == TICKETS else spend_result(key)
+
+
+def _layout_file_pattern() -> re.Pattern[str]:
+    """Every file above, for any key, level or epoch: each builder is called with stand-ins, which
+    become patterns, so the layout is spelled once (in the builders)."""
+    key, number = "KEY", 987654321
+    files = [f(key) for f in (ticket_config, ticket_summary, ticket_failure, dense_final, dense_metrics,
+                              dense_checkpoint, spend_weights, spend_result, spend_checkpoint)]
+    files += [f(key, number) for f in (rewind_weights, level_mask, level_final, level_metrics, level_checkpoint)]
+    return re.compile("|".join(re.escape(f).replace(key, "[0-9a-f]+").replace(str(number), "[0-9]+")
+                               for f in files))
+
+
+_LAYOUT_FILE = _layout_file_pattern()
+
+
+def is_layout_file(path: str) -> bool:
+    """Whether a store path is a file of this layout: one that draws and spends write. Anything
+    else in a store (a user's notes, another tool's files) is not the store's to delete."""
+    return _LAYOUT_FILE.fullmatch(path) is not None

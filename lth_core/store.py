@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -181,19 +182,38 @@ class ArtifactStore:
             if not p.endswith(SIDECAR_SUFFIX) and p + SIDECAR_SUFFIX in files
         )
 
-    def leftovers(self, prefix: str = "") -> list[str]:
-        """Sorted relative paths under the folder `prefix` that are not complete artifacts: a data
-        file without its sidecar (an unfinished write), a sidecar without its data, a temporary
-        file. Lock files are left out."""
+    def leftovers(self, prefix: str = "") -> dict[str, str]:
+        """The files under the folder `prefix` that are not complete artifacts, sorted, each with the
+        artifact path it belongs to: a data file without its sidecar (an unfinished write: itself),
+        a sidecar without its data (the data path), a temporary file of an atomic write (the path
+        it was written for, `temp_file_target`). Lock files are left out. Whether the store wrote
+        the artifact path is the layout's to say: any file lies here, a user's too."""
         base = self._full(_prefix_path(prefix, allow_root=True))
         if self._fs.get_file_info(base).type != pafs.FileType.Directory:
-            return []
+            return {}
         start = len(self._root) + 1
         files = {info.path[start:] for info in self._fs.get_file_info(pafs.FileSelector(base, recursive=True))
                  if info.type == pafs.FileType.File}
         complete = set(self.list(prefix))
-        return sorted(p for p in files if p.split("/", 1)[0] != LOCKS_DIR and p not in complete
-                      and not (p.endswith(SIDECAR_SUFFIX) and p[:-len(SIDECAR_SUFFIX)] in complete))
+        found = {}
+        for path in sorted(files):
+            if path.split("/", 1)[0] == LOCKS_DIR or path in complete:
+                continue
+            folder, _, name = path.rpartition("/")
+            target = f"{folder}/{temp_file_target(name)}".lstrip("/") if temp_file_target(name) else path
+            artifact = target.removesuffix(SIDECAR_SUFFIX)
+            if artifact in complete and target != artifact and target == path:
+                continue  # the sidecar of a complete artifact
+            found[path] = artifact
+        return found
+
+    def children(self, prefix: str = "") -> list[str]:
+        """The sorted names of the files and folders directly inside the folder `prefix` (not
+        recursive: a quick look at what a folder holds)."""
+        base = self._full(_prefix_path(prefix, allow_root=True))
+        if self._fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        return sorted(info.base_name for info in self._fs.get_file_info(pafs.FileSelector(base)))
 
     def delete_leftover(self, path: str) -> None:
         """Delete one file `leftovers` names (only while nothing writes to the store: a temporary
@@ -311,7 +331,7 @@ class ArtifactStore:
                                     "(a symlink); remove the link, or store the files inside the store's folder")
 
     def _put_atomic(self, full: str, data: bytes) -> None:
-        tmp = f"{_parent(full)}/.{full.rsplit('/', 1)[-1]}{_TMP_MARK}{uuid.uuid4().hex}"
+        tmp = f"{_parent(full)}/{_temp_name(full.rsplit('/', 1)[-1])}"
         try:
             with self._fs.open_output_stream(tmp) as stream:
                 stream.write(data)
@@ -420,7 +440,7 @@ class _LocalLockFile:
             holder = self.holder(lease_seconds)
             if holder is None or holder.get("token") != record["token"]:
                 return False
-            tmp = self.path.with_name(f".{self.path.name}{_TMP_MARK}{uuid.uuid4().hex}")
+            tmp = self.path.with_name(_temp_name(self.path.name))
             tmp.write_bytes(_encode(record))
             os.replace(tmp, self.path)
         return True
@@ -680,6 +700,20 @@ def _open_filesystem(uri: str) -> tuple[pafs.FileSystem, str, Path | None]:
         return fs, f"{parts.netloc}{parts.path}".rstrip("/"), None
     fs, root = pafs.FileSystem.from_uri(uri)
     return fs, root.rstrip("/"), None
+
+
+def _temp_name(name: str) -> str:
+    """The temporary name a file `name` is written under before it is moved into place."""
+    return f".{name}{_TMP_MARK}{uuid.uuid4().hex}"
+
+
+_TEMP_NAME = re.compile(rf"\.(.+){re.escape(_TMP_MARK)}[0-9a-f]{{32}}")
+
+
+def temp_file_target(name: str) -> str | None:
+    """The file name a temporary file (`_temp_name`) was written for; None for any other name."""
+    match = _TEMP_NAME.fullmatch(name)
+    return match.group(1) if match else None
 
 
 def _check_relative(path: str) -> str:

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"(per-level tables: python -m lth_core show --key KEY --store {sweep.store})\n")
     print(summary_table(sweep, store))
     print(f"\nsweep {sweep.name!r} finished in {runner.elapsed(started)}: {trials} trials.\n"
-          f"MLflow UI: {runner.mlflow_ui_hint(sweep)}")
+          f"MLflow UI: {runner.mlflow_ui_hint(sweep, parent)}")
     return 0
 
 

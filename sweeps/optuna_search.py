@@ -2,9 +2,9 @@
 
 Stage 1 draws every ticket once (as the grid does); stage 2 runs, for each ticket and each
 sparsity level, one Optuna study named `<prefix>-level<k>` (prefix = the sweep name; with
-several ticket seeds `<name>-ticket<seed>`) over `SweepConfig.optuna_space` (categorical: one
-dimension per registered tweak, its choices in flat form, e.g. kd "off", "on" or "0.5,4";
-see docs/tweaks.md). Trials run on Ray Tune through
+several mask sources `<name>-<source>`, with several ticket seeds `<name>-ticket<seed>`) over
+`SweepConfig.optuna_space` (categorical: one dimension per registered tweak, its choices in flat
+form, e.g. kd "off", "on" or "0.5,4"; see docs/tweaks.md). Trials run on Ray Tune through
 `OptunaSearch` and maximise the spend trainable's `best_val_acc` (model selection on
 validation); the test accuracy at the best-validation epoch is reported next to it.
 
@@ -36,7 +36,9 @@ A study remembers what it was searched for (ticket, level, recipe, seed: user at
 under the same name stops with an error instead of mixing incomparable trials. Do not run two
 invocations of the same sweep at once.
 
-Output: a table of the best combination per level on stdout; in the MLflow experiment
+Output: a table of the best combination per level (and per ticket: its mask source and seed,
+when there are several) on stdout, with vanilla LTH at the level (the draw's re-training, or for
+a mask drawn at initialisation the vanilla spend when the store holds one); in the MLflow experiment
 `<name>-optuna`, on the parent run (tags `kind=optuna`, `optuna_storage` with any password
 masked, `optuna_study_prefix`) the metrics `best_val_acc` and `best_test_acc` (step = level) and
 the artifact `optuna_best.json`; every study gets the user attributes `sweep_name`, `level`,
@@ -75,6 +77,7 @@ class LevelStudy:
     ticket: TicketConfig
     level: int
     prefix: str
+    ticket_label: str = ""  # which of several tickets: "imp", "ticket1", "snip-ticket1" ("" with one)
 
     @property
     def study_name(self) -> str:
@@ -97,7 +100,8 @@ def study_prefixes(sweep: SweepConfig) -> list[tuple[TicketConfig, str]]:
 
 
 def level_studies(sweep: SweepConfig) -> list[LevelStudy]:
-    return [LevelStudy(t, level, prefix) for t, prefix in study_prefixes(sweep) for level in sweep.spend_levels]
+    return [LevelStudy(t, level, prefix, prefix[len(sweep.name) + 1:])
+            for t, prefix in study_prefixes(sweep) for level in sweep.spend_levels]
 
 
 def optuna_space(sweep: SweepConfig) -> dict[str, Any]:
@@ -317,6 +321,16 @@ def _draw_level(sweep: SweepConfig, study: LevelStudy) -> dict[str, Any] | None:
     return next((lv for lv in summary.get("levels", []) if lv["level"] == study.level), None)
 
 
+def _vanilla_test_acc(sweep: SweepConfig, study: LevelStudy, draw_level: dict[str, Any] | None) -> float | None:
+    """Vanilla LTH at the study's level: the draw's own re-training of the level (IMP, OMP); a mask
+    drawn at initialisation trains nothing to draw, so there it is the vanilla spend when the store
+    holds one (a trial of the search, or the grid), else unknown."""
+    if draw_level is not None and "test_acc" in draw_level:
+        return draw_level["test_acc"]
+    result = _spend_result(sweep, spend_for(sweep, study, {}))
+    return result["test_acc"] if result else None
+
+
 def _spend_result(sweep: SweepConfig, spend: SpendConfig) -> dict[str, Any] | None:
     from lth_core.paths import spend_result
 
@@ -334,10 +348,11 @@ def best_of(sweep: SweepConfig, study: LevelStudy, storage: Any) -> dict[str, An
         study.ticket.pruning.level_sparsities()[study.level - 1] if study.level else 0.0)
     entry: dict[str, Any] = {"level": study.level, "sparsity": sparsity, "study": study.study_name,
                              "ticket_key": study.ticket.key, "ticket_seed": study.ticket.seed,
+                             "ticket": study.ticket_label,
                              "trials": len(ot_study.trials), "complete": complete, "best_trial": None,
                              "params": None, "tweak": None,
                              "values": {"best_val_acc": None, "test_acc": None,
-                                        "vanilla_test_acc": draw_level["test_acc"] if draw_level else None}}
+                                        "vanilla_test_acc": _vanilla_test_acc(sweep, study, draw_level)}}
     if not complete:
         return entry
     best = ot_study.best_trial
@@ -353,28 +368,31 @@ def _pct(value: float | None) -> str:
     return f"{value:.2%}" if value is not None else "-"
 
 
-def best_table(entries: list[dict[str, Any]], with_ticket: bool) -> str:
-    rows = [(*((f"t{e['ticket_seed']}",) if with_ticket else ()), str(e["level"]), _pct(e["sparsity"]),
+def best_table(entries: list[dict[str, Any]]) -> str:
+    """One row per study; a first column names the ticket when there are several (its mask source,
+    its seed)."""
+    with_ticket = any(e["ticket"] for e in entries)
+    rows = [(*((e["ticket"],) if with_ticket else ()), str(e["level"]), _pct(e["sparsity"]),
              e["tweak"] or "-", _pct(e["values"]["best_val_acc"]), _pct(e["values"]["test_acc"]),
              _pct(e["values"]["vanilla_test_acc"]), f"{e['complete']}/{e['trials']}") for e in entries]
     header = (*(("ticket",) if with_ticket else ()), "level", "sparsity", "best tweaks", "val acc", "test acc",
               "vanilla test", "trials")
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    tweak_col = header.index("best tweaks")
+    text_cols = {header.index("best tweaks"), *((0,) if with_ticket else ())}
 
     def fmt(row) -> str:
         cells = zip(row, widths, strict=True)
-        return "  ".join(f"{c:<{w}}" if i == tweak_col else f"{c:>{w}}" for i, (c, w) in enumerate(cells))
+        return "  ".join(f"{c:<{w}}" if i in text_cols else f"{c:>{w}}" for i, (c, w) in enumerate(cells))
 
     return "\n".join([fmt(header), *(fmt(r) for r in rows)])
 
 
-def log_best(sweep: SweepConfig, parent_run_id: str, entries: list[dict[str, Any]], with_ticket: bool) -> None:
+def log_best(sweep: SweepConfig, parent_run_id: str, entries: list[dict[str, Any]]) -> None:
     """The best combination per level on the parent run (`tracking.runs.log_optuna_best`)."""
     from tracking.runs import log_optuna_best
 
     log_optuna_best(sweep.tracking_uri, parent_run_id,
-                    [(e["level"], e["ticket_seed"] if with_ticket else None, e["values"]["best_val_acc"],
+                    [(e["level"], e["ticket"] or None, e["values"]["best_val_acc"],
                       e["values"]["test_acc"]) for e in entries],
                     {"sweep": sweep.name, "metric": METRIC, "mode": MODE,
                      "study_prefixes": sorted({p for _, p in study_prefixes(sweep)}), "levels": entries})
@@ -419,11 +437,11 @@ def run(args: argparse.Namespace) -> int:
         for study in studies:
             new_trials += search_level(sweep, study, storage, space, parent)
         entries = [best_of(sweep, study, storage) for study in studies]
-        log_best(sweep, parent, entries, with_ticket=len(prefixes) > 1)
-    print(best_table(entries, with_ticket=len(prefixes) > 1))
+        log_best(sweep, parent, entries)
+    print(best_table(entries))
     print(f"\noptuna search {sweep.name!r} finished in {runner.elapsed(started)}: {new_trials} new trial(s) in "
           f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} ({redact(sweep.optuna_storage)}).\n"
-          f"MLflow UI: {runner.mlflow_ui_hint(sweep, layout.KIND_OPTUNA)}")
+          f"MLflow UI: {runner.mlflow_ui_hint(sweep, parent)}")
     return 0
 
 

@@ -21,7 +21,7 @@ from lth_core.paths import ticket_summary
 from sweeps.config import SweepConfig, trial_base
 from tracking import layout
 from tracking.probe import TrackingError, check_reachable, redact
-from tracking.runs import close_stale_children, finish_parent_run, start_parent_run, ui_hint
+from tracking.runs import close_stale_children, experiment_of, finish_parent_run, start_parent_run, ui_hint
 
 
 class SweepError(RuntimeError):
@@ -253,8 +253,9 @@ def _ticket_kinds(tickets: list[TicketConfig]) -> list[str]:
             + (f" (ticket {same[0].key})" if len(same) == 1 else "") for what, same in kinds.items()]
 
 
-def mlflow_ui_hint(sweep: SweepConfig, kind: str = layout.KIND_GRID) -> str:
-    return ui_hint(sweep.tracking_uri, layout.experiment_name(sweep.name, kind))
+def mlflow_ui_hint(sweep: SweepConfig, parent_run_id: str) -> str:
+    """How to open the runs page of the sweep's experiment (the one its parent run is in)."""
+    return ui_hint(sweep.tracking_uri, experiment_of(sweep.tracking_uri, parent_run_id))
 
 
 @contextlib.contextmanager

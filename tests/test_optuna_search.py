@@ -21,12 +21,12 @@ from tracking import layout as L
 LEVEL = 2
 
 
-def argv(root, trials: int, *extra: str) -> list[str]:
+def argv(root, trials: int, *extra: str, methods: str = "imp") -> list[str]:
     return ["--preset", "smoke", "--name", "tiny", "--width", "0.125", "--epochs", "2", "--num-levels", "2",
             "--levels", str(LEVEL), "--optuna-trials", str(trials), "--set", "ticket.recipe.batch_size=128",
             "--store", str(root / "store"), "--tracking-uri", f"sqlite:///{root}/mlflow.db",
             "--optuna-storage", f"sqlite:///{root}/optuna.db", "--results-dir", str(root / "ray_results"),
-            "--ray-address", "local", "--prune-methods", "imp", *extra]
+            "--ray-address", "local", "--prune-methods", methods, *extra]
 
 
 def load_study(root):
@@ -116,6 +116,39 @@ def test_parent_run_tags_metrics_and_artifact(searched):
     children = client.search_runs([run.info.experiment_id],
                                   f"tags.{L.PARENT_RUN_ID} = '{run.info.run_id}' and tags.stage = 'spend'")
     assert 1 <= len(children) <= 2  # TPE may draw one combination twice: one spend, one child run
+
+
+@pytest.mark.parametrize("method", ["random", "snip"])
+def test_summary_of_masks_drawn_at_initialisation(tmp_path, method):
+    """A mask drawn at initialisation trains nothing to draw, so its levels carry no accuracy: the
+    summary takes vanilla from the vanilla spend in the store, and shows '-' while there is none."""
+    import argparse
+
+    from lth_core import lottery
+    from lth_core.store import ArtifactStore
+    from sweeps.config import add_arguments, sweep_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    sweep = sweep_from_args(parser.parse_args(argv(tmp_path, 1, methods=method)))
+    [study] = optuna_search.level_studies(sweep)
+    store = ArtifactStore(sweep.store)
+    lottery.draw(study.ticket, store)
+    storage = optuna_search.open_storage(sweep.optuna_storage)
+    space = optuna_search.optuna_space(sweep)
+    vanilla = {name: distribution.choices[0] for name, distribution in space.items()}
+    optuna.create_study(study_name=study.study_name, storage=storage, direction="maximize").add_trial(
+        optuna.trial.create_trial(params=vanilla, distributions=space, value=0.5))
+
+    entry = optuna_search.best_of(sweep, study, storage)
+    assert entry["values"] == {"best_val_acc": 0.5, "test_acc": None, "vanilla_test_acc": None}
+    assert "-" in optuna_search.best_table([entry]).splitlines()[-1].split()
+
+    result = lottery.spend(optuna_search.spend_for(sweep, study, vanilla), store)
+    entry = optuna_search.best_of(sweep, study, storage)
+    assert entry["values"]["test_acc"] == entry["values"]["vanilla_test_acc"] == result["test_acc"]
+    row = optuna_search.best_table([entry]).splitlines()[-1].split()
+    assert row[0] == str(LEVEL) and row[2] == "vanilla" and row[4] == row[5] == f"{result['test_acc']:.2%}"
 
 
 def test_rerun_with_more_trials_grows_the_study(searched, capsys):

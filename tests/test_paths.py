@@ -30,6 +30,7 @@ PINNED = [
     (paths.level_metrics(K, 12), "tickets/0123abcd/level_12/metrics.json"),
     (paths.level_checkpoint(K, 3), "tickets/0123abcd/level_3/checkpoint.pt"),
     (paths.ticket_summary(K), "tickets/0123abcd/summary.json"),
+    (paths.ticket_failure(K), "tickets/0123abcd/failed.json"),
     (paths.ticket_lock(K), "ticket-0123abcd"),
     (paths.spend_lock(K), "spend-0123abcd"),
     (paths.spend_dir(K), "spends/0123abcd"),
@@ -50,6 +51,19 @@ def test_a_key_that_would_leave_its_folder_is_refused(key):
         paths.ticket_summary(key)
     with pytest.raises(ValueError, match="not a content key"):
         paths.spend_result(key)
+
+
+def test_every_file_of_the_layout_and_nothing_else_is_the_store_s():
+    files = [built for built, expected in PINNED if "." in expected.rsplit("/", 1)[-1]]
+    assert len(files) == 15 and all(paths.is_layout_file(f) for f in files)
+    assert all(paths.finished_mark(f) in (paths.ticket_summary(K), paths.spend_result(K)) for f in files)
+    for other in ("README.txt", "tickets/notes.txt", "tickets/0123abcd/README.md", "tickets/notes/config.json",
+                  "tickets/0123abcd/level_1/mask.safetensors.bak", "tickets/0123abcd/level_1/mask.safetensors.sha256",
+                  "tickets/0123abcd/level_x/metrics.json", "tickets/0123abcd/.summary.json.tmp-1",
+                  "spends/0123abcd/final.safetensors/x", "old/tickets/0123abcd/config.json",
+                  "locks/ticket-0123abcd.lock",
+                  paths.ticket_dir(K), paths.level_dir(K, 1)):
+        assert not paths.is_layout_file(other), other
 
 
 def test_levels_and_epochs_must_be_integers():
@@ -82,6 +96,7 @@ def test_a_store_written_by_draw_and_spend_is_found_by_these_paths(tmp_path):
                 *(f for lv in levels for f in (paths.level_mask(key, lv), paths.level_final(key, lv),
                                                paths.level_metrics(key, lv)))}
     assert set(store.list(paths.ticket_dir(key))) == expected
+    assert all(paths.is_layout_file(p) for p in expected)
     assert store.read_json(paths.ticket_summary(key)) == summary
     assert store.read_json(paths.level_metrics(key, 2))["level"] == 2
 

@@ -92,7 +92,7 @@ def test_joining_a_cluster_changes_nothing_and_hides_a_password(fake_ray):
 def test_the_plans_show_no_password():
     sweep = SweepConfig(**WITH_PASSWORDS)
     for text in (runner.plan_text(sweep, 4, L.KIND_GRID), optuna_search.plan(sweep),
-                 runner.mlflow_ui_hint(sweep), runs.ui_hint("https://me:pgPASSWORD@mlflow.example", "x")):
+                 runs.ui_hint(sweep.tracking_uri, "1"), runs.ui_hint("https://me:pgPASSWORD@mlflow.example", "1")):
         assert no_password(text), text
     plan = optuna_search.plan(sweep)
     for shown in ("s3://AKIAKEY:***@tickets/prefix", "postgresql://mlflow:***@db:5432/mlflow",

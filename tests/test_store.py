@@ -284,6 +284,30 @@ def test_list_and_delete(store: ArtifactStore):
         store.delete("")
 
 
+def test_leftovers_name_the_artifact_they_belong_to(store: ArtifactStore):
+    """What `verify` needs to tell the store's own leftovers from anyone's files: each file that is
+    no complete artifact, with the path it was written for."""
+    from lth_core.store import temp_file_target
+
+    store.write_bytes("a/done.bin", b"done")
+    temp = ".x.bin.tmp-" + "0" * 32
+    temp_sidecar = ".done.bin.sha256.tmp-" + "f" * 32
+    root = store.local_path()
+    for name, data in ((f"a/{temp}", b"partial"), (f"a/{temp_sidecar}", b"0"), ("a/orphan.bin", b"no sidecar"),
+                       ("a/lone.bin.sha256", b"0" * 64), ("a/.x.bin.tmp-123", b"not our naming"), ("notes.txt", b"")):
+        (root / name).write_bytes(data)
+    with store.lock("a"):
+        assert store.leftovers() == {f"a/{temp}": "a/x.bin", f"a/{temp_sidecar}": "a/done.bin",
+                                     "a/.x.bin.tmp-123": "a/.x.bin.tmp-123", "a/lone.bin.sha256": "a/lone.bin",
+                                     "a/orphan.bin": "a/orphan.bin", "notes.txt": "notes.txt"}
+    assert temp_file_target(temp) == "x.bin" and temp_file_target("x.bin") is None
+    assert store.children() == ["a", "locks", "notes.txt"] and store.children("nothing") == []
+    store.delete_leftover(f"a/{temp}")
+    with pytest.raises(ValueError, match="not a leftover"):
+        store.delete_leftover("a/done.bin")
+    assert store.verify("a/done.bin") and f"a/{temp}" not in store.leftovers("a")
+
+
 def test_threads_share_one_store(store: ArtifactStore):
     errors = []
 

@@ -109,7 +109,9 @@ def grid(ray_session, tmp_path_factory):
 
 def test_grid_prints_the_summary_table_of_the_stored_results(grid):
     lines = grid.run.out.strip().splitlines()
-    assert lines[-1].startswith("MLflow UI: mlflow ui --backend-store-uri sqlite:///")
+    experiment_id = client_for(grid.root).get_experiment_by_name("tiny").experiment_id
+    assert lines[-1] == (f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{grid.root / 'mlflow.db'}  "
+                         f"# then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
     assert lines[-2].startswith("sweep 'tiny' finished in") and lines[-2].endswith(": 4 trials.")
     header = lines.index(next(line for line in lines if line.startswith("test acc")))
     assert lines[header].split()[2:] == ["L1", "L2"]

@@ -146,7 +146,9 @@ def test_final_metrics_have_their_own_names():
     assert L.experiment_name("smoke") == "smoke" and L.experiment_name("smoke", "optuna") == "smoke-optuna"
     with pytest.raises(ValueError):
         L.experiment_name("smoke", "random")
-    assert L.optuna_best_metric(L.OPTUNA_BEST_VAL_ACC, 1) == "best_val_acc_ticket1"
+    assert L.optuna_best_metric(L.OPTUNA_BEST_VAL_ACC, "ticket1") == "best_val_acc_ticket1"
+    assert L.optuna_best_metric(L.OPTUNA_BEST_TEST_ACC, "snip-ticket1") == "best_test_acc_snip_ticket1"
+    assert L.optuna_best_metric(L.OPTUNA_BEST_VAL_ACC, None) == L.optuna_best_metric(L.OPTUNA_BEST_VAL_ACC, "")
 
 
 def test_the_package_imports_neither_ray_nor_the_lottery():
@@ -327,8 +329,9 @@ def test_an_optuna_parent_logs_to_its_own_experiment(logged):
     assert [(m.step, m.value) for m in client.get_metric_history(parent, L.OPTUNA_BEST_VAL_ACC)] == [
         (2, 0.8), (3, 0.7)]
     assert [m.step for m in client.get_metric_history(parent, L.OPTUNA_BEST_TEST_ACC)] == [2]
-    log_optuna_best(uri, parent, [(2, 1, 0.9, 0.85)], {"levels": []})
-    assert client.get_run(parent).data.metrics["best_val_acc_ticket1"] == 0.9
+    log_optuna_best(uri, parent, [(2, "ticket1", 0.9, 0.85), (2, "snip", 0.6, 0.5)], {"levels": []})
+    metrics = client.get_run(parent).data.metrics
+    assert metrics["best_val_acc_ticket1"] == 0.9 and metrics["best_val_acc_snip"] == 0.6
 
 
 def test_reading_an_unknown_experiment_or_a_missing_store(logged, tmp_path):
@@ -342,7 +345,8 @@ def test_reading_an_unknown_experiment_or_a_missing_store(logged, tmp_path):
     assert not missing.exists()
 
 
-def test_ui_hint():
-    assert ui_hint("http://u:pw@mlflow:5000", "t-optuna") == (
-        "open http://u:***@mlflow:5000 and pick the experiment 't-optuna'")
-    assert ui_hint("sqlite:////x/m.db", "t").startswith("mlflow ui --backend-store-uri sqlite:////x/m.db")
+def test_ui_hint_opens_the_runs_page():
+    assert ui_hint("http://u:pw@mlflow:5000/", "7") == "open http://mlflow:5000/#/experiments/7/runs"
+    assert ui_hint("https://mlflow.example/prefix", "7") == "open https://mlflow.example/prefix/#/experiments/7/runs"
+    assert ui_hint("sqlite:////x/m.db", "0") == (
+        "mlflow ui --backend-store-uri sqlite:////x/m.db  # then open http://127.0.0.1:5000/#/experiments/0/runs")

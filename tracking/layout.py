@@ -20,12 +20,14 @@ the column named without the prefix (`result_column`): `final_test_acc` -> `test
 A draw run has no per-epoch series: `dense_test_acc`, `dense_best_val_acc`, `wall_seconds`
 (step 0) and per IMP level (step = level) `vanilla_test_acc`, `vanilla_best_val_acc`,
 `level_sparsity`. An Optuna parent run logs `best_val_acc` and `best_test_acc` per level
-(step = level; suffix `_ticket<seed>` with several ticket seeds).
+(step = level; suffixed `_<mask source>` with several sources, `_ticket<seed>` with several
+ticket seeds).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:  # types only: the reader side needs no lth_core at run time
     from lth_core.config import SpendConfig, TicketConfig
@@ -46,6 +48,19 @@ def experiment_name(sweep_name: str, kind: str = KIND_GRID) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown sweep kind {kind!r}; one of {', '.join(KINDS)}")
     return sweep_name if kind == KIND_GRID else f"{sweep_name}-{KIND_OPTUNA}"
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def runs_page_url(server: str, experiment_id: str) -> str:
+    """The experiment's runs page in the MLflow UI at `server`. It opens on "Training runs" whatever
+    mode the browser's sidebar is in: MLflow 3 keeps that mode in the browser and ignores the
+    experiment's `mlflow.experimentKind` tag (mlflow/mlflow#24498), so a link to the experiment
+    alone can open on the GenAI overview. Credentials in `server` are left out: a browser asks."""
+    parts = urlsplit(server)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{urlunsplit((parts.scheme, host, parts.path.rstrip('/'), '', ''))}/#/experiments/{experiment_id}/runs"
 
 
 # ------------------------------------------------------------------------ tags
@@ -181,9 +196,10 @@ OPTUNA_BEST_VAL_ACC = "best_val_acc"
 OPTUNA_BEST_TEST_ACC = "best_test_acc"
 
 
-def optuna_best_metric(name: str, ticket_seed: int | None = None) -> str:
-    """`best_val_acc` / `best_test_acc`, suffixed `_ticket<seed>` when a search has several tickets."""
-    return name if ticket_seed is None else f"{name}_ticket{ticket_seed}"
+def optuna_best_metric(name: str, ticket: str | None = None) -> str:
+    """`best_val_acc` / `best_test_acc`, suffixed with the ticket when a search has several: its mask
+    source, `ticket<seed>`, or both (`best_val_acc_snip_ticket1`)."""
+    return name if not ticket else f"{name}_{ticket.replace('-', '_')}"
 
 
 # ------------------------------------------------------------------------ artifacts

@@ -99,11 +99,18 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return folder.resolve().as_uri()
 
 
-def ui_hint(tracking_uri: str, experiment: str) -> str:
-    """How to look at an experiment's runs."""
+def ui_hint(tracking_uri: str, experiment_id: str) -> str:
+    """How to look at an experiment's runs: its runs page (`layout.runs_page_url`), on the tracking
+    server, or on `mlflow ui` started on a local store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {redact(tracking_uri)} and pick the experiment {experiment!r}"
-    return f"mlflow ui --backend-store-uri {redact(tracking_uri)}  # then open http://127.0.0.1:5000"
+        return f"open {L.runs_page_url(tracking_uri, experiment_id)}"
+    return (f"mlflow ui --backend-store-uri {redact(tracking_uri)}  "
+            f"# then open {L.runs_page_url(L.LOCAL_UI, experiment_id)}")
+
+
+def experiment_of(tracking_uri: str, run_id: str) -> str:
+    """The id of the experiment a run is in."""
+    return _client(tracking_uri).get_run(run_id).info.experiment_id
 
 
 # ------------------------------------------------------------------------ the parent run
@@ -165,18 +172,18 @@ def close_stale_children(tracking_uri: str, parent_run_id: str, status: str = "K
 
 
 def log_optuna_best(tracking_uri: str, parent_run_id: str,
-                    best: Iterable[tuple[int, int | None, float | None, float | None]],
+                    best: Iterable[tuple[int, str | None, float | None, float | None]],
                     summary: Mapping[str, Any]) -> None:
-    """An Optuna search's result on its parent run: per (level, ticket seed or None, best
+    """An Optuna search's result on its parent run: per (level, ticket label or None, best
     validation accuracy, its test accuracy) the metrics `best_val_acc` and `best_test_acc`
-    (step = level, suffixed `_ticket<seed>` when a seed is given), and `summary` as
-    `optuna_best.json`."""
+    (step = level, suffixed with the label when a search has several tickets:
+    `layout.optuna_best_metric`), and `summary` as `optuna_best.json`."""
     from mlflow.entities import Metric
 
     client = _client(tracking_uri)
     now = _now_ms()
-    metrics = [Metric(L.optuna_best_metric(name, seed), float(value), now, level)
-               for level, seed, val, test in best
+    metrics = [Metric(L.optuna_best_metric(name, ticket), float(value), now, level)
+               for level, ticket, val, test in best
                for name, value in ((L.OPTUNA_BEST_VAL_ACC, val), (L.OPTUNA_BEST_TEST_ACC, test))
                if value is not None]
     if metrics:
