@@ -1,5 +1,8 @@
 """The training recipe: masks hold under momentum and weight decay; resume is exact."""
 
+import dataclasses
+
+import pytest
 import torch
 
 from lth_core.config import DataConfig, ModelConfig, RecipeConfig
@@ -32,12 +35,14 @@ def test_pruned_weights_stay_exactly_zero_under_momentum_and_weight_decay():
     assert len(result.history) == 3 and 0 < result.best.val_acc <= 1
 
 
-def test_resume_from_a_checkpoint_gives_identical_weights():
+@pytest.mark.parametrize("graphs", ["off", "on"])  # on: the graph code path, without capture on the CPU
+def test_resume_from_a_checkpoint_gives_identical_weights(graphs):
+    recipe = dataclasses.replace(RECIPE, graphs=graphs)
     data, model = setup()
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    runtime = Runtime.resolve(RECIPE)
+    runtime = Runtime.resolve(recipe)
     payloads = {}
-    fit(model, data, RECIPE, seed=3, runtime=runtime, keep_epochs=(0, 1),
+    fit(model, data, recipe, seed=3, runtime=runtime, keep_epochs=(0, 1),
         on_epoch=lambda record, payload: payloads.setdefault(record.epoch, payload()))
     uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -45,7 +50,7 @@ def test_resume_from_a_checkpoint_gives_identical_weights():
     _, fresh = setup()
     fresh.load_state_dict(start)
     ran = []
-    resumed = fit(fresh, data, RECIPE, seed=3, runtime=runtime, keep_epochs=(0, 1), resume=payloads[1],
+    resumed = fit(fresh, data, recipe, seed=3, runtime=runtime, keep_epochs=(0, 1), resume=payloads[1],
                   on_epoch=lambda record, payload: ran.append(record.epoch))
     assert ran == [2, 3], "a resumed fit trains only the epochs after its checkpoint"
     for k, v in fresh.state_dict().items():
