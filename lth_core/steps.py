@@ -93,24 +93,31 @@ class Replayable:
             self.body(static_images, static_labels)
 
 
-class TrainStep:
-    """Forward, loss and backward of one training batch (the optimizer step is the caller's),
-    with the epoch's summed loss and correct count on the device."""
+class SummingStep:
+    """A step over batches that sums their loss and correct predictions on the device (no sync
+    per batch); `reset` starts a new pass."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, runtime, batch_size: int):
+    def __init__(self, model: nn.Module, loss_fn: LossFn, runtime):
         self.model = model
         self.loss_fn = loss_fn
         self.runtime = runtime
         self.loss_sum = torch.zeros((), device=runtime.device)
         self.correct = torch.zeros((), device=runtime.device, dtype=torch.long)
         self.seen = 0
-        self.steps = Replayable(self._forward_backward, batch_size, runtime.capture, runtime.graphs, WARMUP)
-        self.grads: list[tuple[nn.Parameter, torch.Tensor]] = []  # the gradients the graph writes
 
     def reset(self) -> None:
         self.loss_sum.zero_()
         self.correct.zero_()
         self.seen = 0
+
+
+class TrainStep(SummingStep):
+    """Forward, loss and backward of one training batch (the optimizer step is the caller's)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, runtime, batch_size: int):
+        super().__init__(model, loss_fn, runtime)
+        self.steps = Replayable(self._forward_backward, batch_size, runtime.capture, runtime.graphs, WARMUP)
+        self.grads: list[tuple[nn.Parameter, torch.Tensor]] = []  # the gradients the graph writes
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         steps = self.steps
@@ -152,22 +159,12 @@ class TrainStep:
         self.correct += (logits.detach().argmax(1) == labels).sum()
 
 
-class EvalStep:
-    """Forward and loss of one evaluation batch, in eval mode without gradients, summed on the device."""
+class EvalStep(SummingStep):
+    """Forward and loss of one evaluation batch, in eval mode (the caller's) without gradients."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, runtime, batch_size: int):
-        self.model = model
-        self.loss_fn = loss_fn
-        self.runtime = runtime
-        self.loss_sum = torch.zeros((), device=runtime.device)
-        self.correct = torch.zeros((), device=runtime.device, dtype=torch.long)
-        self.seen = 0
+        super().__init__(model, loss_fn, runtime)
         self.steps = Replayable(self._forward, batch_size, runtime.capture, runtime.graphs, EVAL_WARMUP)
-
-    def reset(self) -> None:
-        self.loss_sum.zero_()
-        self.correct.zero_()
-        self.seen = 0
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
