@@ -36,9 +36,11 @@ class CliError(Exception):
 
 # flag -> (dotted field inside a TicketConfig, kind, help); kinds: lth_core.flags
 TICKET_FLAGS: FlagTable = {
-    "--dataset": ("data.name", str, "digits | cifar10 | cifar100 | tinyimagenet"),
-    "--data-root": ("data.root", str, "folder holding the CIFAR or Tiny-ImageNet files"),
+    "--dataset": ("data.name", str, "digits | mnist | fashion-mnist | cifar10 | cifar100 | tinyimagenet"),
+    "--data-root": ("data.root", str, "folder holding the data set's files (fashion-mnist: "
+                                      "/usr/share/datasets/fashion-mnist when not set)"),
     "--val-fraction": ("data.val_fraction", float, "share of the training set held out for validation"),
+    "--train-size": ("data.train_size", int, "train on a seeded, stratified subset of this many images (0 = all)"),
     "--arch": ("model.arch", str, "resnet18 | resnet34 | vgg16 | mobilenet"),
     "--width": ("model.width", float, "width multiplier"),
     "--seed": ("seed", int, "seed of the initialisation and data order"),
@@ -484,7 +486,7 @@ def config_error_text(e: ConfigError, command: str | None, config_file: str | No
 
 def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     """The one-line message of a user-facing error; None for anything else (a bug)."""
-    from lth_core.data import DatasetFormatError, DatasetNotFoundError
+    from lth_core.data import DatasetFormatError, DatasetNotFoundError, not_found_text
     from lth_core.store import CorruptArtifactError, LockTimeout, OutsideStoreError
 
     command = getattr(args, "command", None)
@@ -493,7 +495,7 @@ def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     if isinstance(e, ConfigError):
         return config_error_text(e, command, getattr(args, "config", None))
     if isinstance(e, DatasetNotFoundError):
-        return str(e).replace(" not found. Download", " not found; download", 1)
+        return not_found_text(e)
     if isinstance(e, DatasetFormatError):
         return f"{e}; download the data set again and point --data-root at the extracted folder"
     if isinstance(e, OutsideStoreError):

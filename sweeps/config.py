@@ -209,8 +209,11 @@ FLAGS: FlagTable = {
     "--ray-address": ("ray_address", str, "'local' (default) starts Ray in-process; 'auto' or an address joins a "
                                           "cluster; a driver started by `ray job submit` joins its cluster"),
     "--num-cpus": ("num_cpus", int, "CPUs of the in-process Ray (0 = all)"),
-    "--data-root": ("ticket.data.root", str, "folder with CIFAR or Tiny-ImageNet (preset paper: $LTH_DATA_ROOT)"),
-    "--dataset": ("ticket.data.name", str, "digits | cifar10 | cifar100 | tinyimagenet"),
+    "--data-root": ("ticket.data.root", str, "folder with the data set's files (preset paper: $LTH_DATA_ROOT; "
+                                             "fashion-mnist: /usr/share/datasets/fashion-mnist when not set)"),
+    "--dataset": ("ticket.data.name", str, "digits | mnist | fashion-mnist | cifar10 | cifar100 | tinyimagenet"),
+    "--train-size": ("ticket.data.train_size", int, "train on a seeded, stratified subset of this many images "
+                                                    "(0 = all)"),
     "--arch": ("ticket.model.arch", str, "resnet18 | resnet34 | vgg16 | mobilenet"),
     "--width": ("ticket.model.width", float, "width multiplier"),
     "--epochs": ("ticket.recipe.epochs", int, "epochs of the dense run and each IMP level"),
