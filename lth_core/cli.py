@@ -24,7 +24,7 @@ from lth_core import paths
 from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping, recipe_overlay
 from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, tweak_flags
 from lth_core.mask_sources import SOURCES
-from lth_core.tables import StageProgress, format_levels
+from lth_core.tables import StageProgress, dead_weights_warning, format_levels, weights_line
 
 DEFAULT_STORE = "artifacts"
 EXIT_USER_ERROR = 2
@@ -223,13 +223,23 @@ def _stages(ticket: TicketConfig) -> str:
 
 
 def draw_plan(ticket: TicketConfig, store: Any) -> str:
+    """What a draw will do; its live weights (`lth_core.live`) are counted from the data's shape."""
+    from lth_core.data import load_dataset
+    from lth_core.lottery import live_set
+
     drawn = store.exists(paths.ticket_summary(ticket.key))
     sparsities = ticket.pruning.level_sparsities()
+    dataset = load_dataset(ticket.data)  # read and checked already (check_ticket): cached
+    live = live_set(ticket, dataset)
+    weights = {"prunable": live.total, "live": live.kept}
+    warning = dead_weights_warning(weights, dataset.image_size)
     lines = [f"draw: ticket {ticket.key} ({ticket.model.arch} x{ticket.model.width:g} on {ticket.data.name}, "
              f"seed {ticket.seed}, device {ticket.recipe.device})",
              f"  stages: {_stages(ticket)}"
              + ("; already drawn: its files are checked and read back" if drawn else ""),
              f"  levels: sparsity {', '.join(f'{s:.1%}' for s in sparsities)}",
+             f"  weights: {weights_line(weights)}",
+             *([f"  {warning}"] if warning else []),
              f"  writes: {shown_uri(store.uri)}/{paths.ticket_dir(ticket.key)}"]
     return "\n".join(lines)
 

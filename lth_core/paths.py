@@ -6,6 +6,7 @@ takes the key as a string, so a caller holding only a key (`python -m lth_core s
 --key ...`) finds the same files as one holding the config:
 
     tickets/<key>/config.json
+    tickets/<key>/live.safetensors                   the live weights (lth_core.live), True = live
     tickets/<key>/dense/rewind_<epoch>.safetensors   weights kept for rewinding (epoch 0 = init)
     tickets/<key>/dense/final.safetensors            the trained dense net (distillation teacher)
     tickets/<key>/dense/metrics.json
@@ -48,6 +49,11 @@ def ticket_dir(key: str) -> str:
 def ticket_config(key: str) -> str:
     """The ticket's config, written first."""
     return f"{ticket_dir(key)}/config.json"
+
+
+def live_weights(key: str) -> str:
+    """The prunable weights an input of the data set's shape can reach (`lth_core.live`)."""
+    return f"{ticket_dir(key)}/live.safetensors"
 
 
 def ticket_summary(key: str) -> str:

@@ -18,6 +18,7 @@ K = "0123abcd"
 PINNED = [
     (paths.ticket_dir(K), "tickets/0123abcd"),
     (paths.ticket_config(K), "tickets/0123abcd/config.json"),
+    (paths.live_weights(K), "tickets/0123abcd/live.safetensors"),
     (paths.dense_dir(K), "tickets/0123abcd/dense"),
     (paths.rewind_weights(K, 0), "tickets/0123abcd/dense/rewind_0.safetensors"),
     (paths.rewind_weights(K, 33), "tickets/0123abcd/dense/rewind_33.safetensors"),
@@ -77,7 +78,8 @@ def test_a_store_written_by_draw_and_spend_is_found_by_these_paths(tmp_path):
     summary = draw(ticket, store, on_stage_epoch)
     levels = range(1, ticket.num_levels + 1)
     assert checkpoints_seen == {paths.dense_checkpoint(key), *(paths.level_checkpoint(key, lv) for lv in levels)}
-    expected = {paths.ticket_config(key), paths.ticket_summary(key), paths.dense_final(key), paths.dense_metrics(key),
+    expected = {paths.ticket_config(key), paths.ticket_summary(key), paths.live_weights(key),
+                paths.dense_final(key), paths.dense_metrics(key),
                 *(paths.rewind_weights(key, e) for e in ticket.rewind_epochs),
                 *(f for lv in levels for f in (paths.level_mask(key, lv), paths.level_final(key, lv),
                                                paths.level_metrics(key, lv)))}
