@@ -34,6 +34,7 @@ from lth_core.config import ConfigError, DataConfig, SpendConfig, TicketConfig, 
 from lth_core.data import Dataset, iterate_batches, load_dataset, num_batches
 from lth_core.hooks import Observer, cross_entropy_loss
 from lth_core.live import live_sparsity, live_weights
+from lth_core.machine import platform_info
 from lth_core.mask_sources import MaskRequest
 from lth_core.masks import Mask, prunable_names
 from lth_core.models import build_model, load_ticket_weights
@@ -355,7 +356,7 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
             prev_weights, prev_mask = store.read_tensors(paths.level_final(key, level)), mask
 
     summary = {"key": key, "config": to_dict(ticket), "weights": _weight_counts(live),
-               "dense": dense_metrics["summary"], "levels": levels}
+               "platform": platform_info(runtime.device), "dense": dense_metrics["summary"], "levels": levels}
     store.write_json(paths.ticket_summary(key), summary)
     return summary
 
@@ -382,8 +383,8 @@ def _draw_at_init(ticket: TicketConfig, store: ArtifactStore, runtime: Runtime, 
                        "start": paths.rewind_weights(key, 0), "layer_sparsity": mask.layer_sparsity()}
             store.write_json(paths.level_metrics(key, level), metrics)
         levels.append({"level": level, "sparsity": metrics["sparsity"], "live_sparsity": live_sparsity(mask, live)})
-    summary = {"key": key, "config": to_dict(ticket), "weights": _weight_counts(live), "dense": None,
-               "levels": levels}
+    summary = {"key": key, "config": to_dict(ticket), "weights": _weight_counts(live),
+               "platform": platform_info(runtime.device), "dense": None, "levels": levels}
     store.write_json(paths.ticket_summary(key), summary)
     return summary
 
@@ -556,6 +557,7 @@ def record_spend(run: SpendRun, result: TrainResult, observers: Sequence[Observe
         "config": to_dict(spend),
         **result.summary(),
         "spend_seconds": run.seconds(),
+        "platform": platform_info(run.runtime.device),
         "vanilla_test_acc": levels[spend.level].get("test_acc") if spend.level in levels else dense_acc,
         "dense_test_acc": dense_acc,
         "history": [vars(r) for r in result.history],

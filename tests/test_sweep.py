@@ -33,9 +33,11 @@ from tracking import layout as L
 EPOCHS = 2
 TINY = ["--width", "0.125", "--epochs", str(EPOCHS), "--num-levels", "2", "--prune-methods", "imp", "--levels", "1,2",
         "--set", "ticket.recipe.batch_size=128", "--set", 'combos=[{}, {"activation": "swish"}]']
+PLATFORM_PARAMS = {f"platform.{name}" for name in ("cpu", "cpu_flags", "cpu_capability", "torch", "blas", "threads")}
 SPEND_PARAMS = {"dataset", "arch", "width", "seed", "ticket_seed", "prune_method", "level", "sparsity",
-                *mlflow_params(TweakConfig())}  # one per registered tweak
-DRAW_PARAMS = {"dataset", "arch", "width", "seed", "ticket_seed", "prune_method", "levels"}
+                "live_sparsity", *mlflow_params(TweakConfig()), *PLATFORM_PARAMS}  # one per registered tweak
+DRAW_PARAMS = {"dataset", "arch", "width", "seed", "ticket_seed", "prune_method", "levels", "prunable_weights",
+               "live_weights", *PLATFORM_PARAMS}
 FINAL_METRICS = {"final_best_val_acc", "final_test_acc", "final_wall_seconds", "final_device_seconds",
                  "final_vanilla_test_acc", "final_dense_test_acc"}
 
@@ -174,7 +176,10 @@ def test_the_draw_run_carries_ticket_params_and_per_level_metrics(grid):
     assert metrics["dense_test_acc"] == grid.summary["dense"]["test_acc"]
     assert metrics["dense_best_val_acc"] == grid.summary["dense"]["best_val_acc"]
     assert metrics["wall_seconds"] > 0
-    for name, field in (("vanilla_test_acc", "test_acc"), ("level_sparsity", "sparsity")):
+    assert draw.data.params["live_weights"] == str(grid.summary["weights"]["live"])
+    assert draw.data.params["platform.threads"] == grid.summary["platform"]["threads"]
+    for name, field in (("vanilla_test_acc", "test_acc"), ("level_sparsity", "sparsity"),
+                        ("level_live_sparsity", "live_sparsity")):
         history = sorted(client.get_metric_history(draw.info.run_id, name), key=lambda m: m.step)
         assert [(m.step, m.value) for m in history] == [(lv["level"], lv[field]) for lv in grid.summary["levels"]]
 
