@@ -41,6 +41,7 @@ TICKET_FLAGS: FlagTable = {
                                       "/usr/share/datasets/fashion-mnist when not set)"),
     "--val-fraction": ("data.val_fraction", float, "share of the training set held out for validation"),
     "--train-size": ("data.train_size", int, "train on a seeded, stratified subset of this many images (0 = all)"),
+    "--test-size": ("data.test_size", int, "test on a fixed, stratified subset of this many images (0 = all)"),
     "--arch": ("model.arch", str, "resnet18 | resnet34 | vgg16 | mobilenet"),
     "--width": ("model.width", float, "width multiplier"),
     "--seed": ("seed", int, "seed of the initialisation and data order"),

@@ -35,8 +35,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set, and how the official training set is split 9:1 into train/validation.
-    `train_size` > 0 trains on a seeded, stratified subset of that many training images (the
-    validation and test sets stay whole): the knob that sizes a CPU run on a large data set."""
+    `train_size` > 0 trains on a seeded, stratified subset of that many training images;
+    `test_size` > 0 tests on a fixed, stratified subset of the official test set, the same images
+    for every config (its test accuracy is measured at every new best validation accuracy, so on
+    a CPU a 10,000-image test set can cost more than the training): the knobs that size a CPU run
+    on a large data set."""
 
     name: str = "digits"
     root: str | None = not_keyed(None)
@@ -44,12 +47,14 @@ class DataConfig:
     split_seed: int = 0
     augment: bool = True
     train_size: int = 0
+    test_size: int = 0
 
     def __post_init__(self) -> None:
         choice(self.name, DATASETS, "data.name")
         require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         require(self.train_size >= 0, "data.train_size", f"must be >= 0 (0 = every training image), "
                                                          f"got {self.train_size}")
+        require(self.test_size >= 0, "data.test_size", f"must be >= 0 (0 = the whole test set), got {self.test_size}")
         if self.name != "digits" and self.name not in DEFAULT_ROOTS:
             require(self.root is not None, "data.root",
                      f"data set {self.name!r} is read from a folder: set data.root (flag --data-root)")

@@ -50,6 +50,8 @@ FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"  # Debian and Ubuntu
 # Digits has no official test split: this fixed seed holds out the same 20% for every config.
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0
+# The seed of `DataConfig.test_size`'s subset: fixed, so every config of one size tests on the same images.
+TEST_SUBSET_SEED = 0
 
 # Standard per-channel statistics, in [0, 1] pixel units: mean and (population) standard deviation
 # over every pixel of the official training set. Fashion-MNIST's were computed from the files of
@@ -123,16 +125,17 @@ _cache_lock = threading.Lock()
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Read and split the data set `cfg` names, on CPU.
 
-    Cached per process by (name, resolved root, val_fraction, split_seed, train_size), so repeated
-    spends in one worker read the files once; `cfg.augment` only sets the returned `Dataset.augment`.
+    Cached per process by (name, resolved root, val_fraction, split_seed, train_size, test_size), so
+    repeated spends in one worker read the files once; `cfg.augment` only sets the returned
+    `Dataset.augment`.
     """
     _require_seed(cfg.split_seed, "data.split_seed")
     root = data_root(cfg)
     root = None if root is None else str(root.expanduser().resolve())
-    key = (cfg.name, root, cfg.val_fraction, cfg.split_seed, cfg.train_size)
+    key = (cfg.name, root, cfg.val_fraction, cfg.split_seed, cfg.train_size, cfg.test_size)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = _build(cfg.name, root, cfg.val_fraction, cfg.split_seed, cfg.train_size)
+            _cache[key] = _build(cfg.name, root, cfg.val_fraction, cfg.split_seed, cfg.train_size, cfg.test_size)
         return dataclasses.replace(_cache[key], augment=cfg.augment)
 
 
@@ -142,7 +145,8 @@ def data_root(cfg: DataConfig) -> Path | None:
     return None if root is None else Path(root)
 
 
-def _build(name: str, root: str | None, val_fraction: float, split_seed: int, train_size: int) -> Dataset:
+def _build(name: str, root: str | None, val_fraction: float, split_seed: int, train_size: int,
+           test_size: int) -> Dataset:
     if name == "digits":
         dev_x, dev_y, test_x, test_y, num_classes = _read_digits()
     elif name in _IDX_SETS:
@@ -159,6 +163,12 @@ def _build(name: str, root: str | None, val_fraction: float, split_seed: int, tr
                                                  "for all")
         _, chosen = _stratified_split(dev_y[train_idx], train_size / len(train_idx), split_seed)
         train_idx = train_idx[torch.from_numpy(chosen)]
+    if test_size:
+        if test_size > len(test_y):
+            raise ConfigError("data.test_size", f"{test_size} is more than the {len(test_y)} test images {name} has; "
+                                                "use at most that, or 0 for all")
+        _, chosen = (torch.from_numpy(i) for i in _stratified_split(test_y, test_size / len(test_y), TEST_SUBSET_SEED))
+        test_x, test_y = test_x[chosen], test_y[chosen]
     if name == "digits":  # no standard statistics: take them from the split-independent 80%
         pixels = dev_x.float().div_(255).transpose(0, 1).reshape(dev_x.shape[1], -1)
         mean, std = tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())

@@ -366,7 +366,8 @@ def test_the_sweep_help_shows_real_defaults(capsys):
         full_grid.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in out
-    assert "(default: smoke 0.25; paper 1; fidelity 0.0625)" in out and "(default: smoke 5; paper 16; fidelity 16)" in out
+    assert "(default: smoke 0.25; paper 1; fidelity 0.0625; fidelity-digits 0.0625; fidelity-gpu 0.5)" in out
+    assert "(default: smoke 5; paper 16; fidelity 16; fidelity-digits 16; fidelity-gpu 16)" in out
 
 
 # ------------------------------------------------------------------------------ the report

@@ -283,6 +283,19 @@ def test_train_size_is_a_stratified_subset(tmp_path, monkeypatch):
         _fresh(DataConfig(name="mnist", root=str(tmp_path), train_size=181))
 
 
+def test_test_size_is_one_fixed_stratified_subset(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "IDX_COUNTS", {"train": 40, "test": 100})
+    write_idx_set(tmp_path, counts=data.IDX_COUNTS)
+    full = _fresh(DataConfig(name="mnist", root=str(tmp_path)))
+    part = _fresh(DataConfig(name="mnist", root=str(tmp_path), test_size=30))
+    assert len(part.test_y) == 30 and part.test_y.bincount().tolist() == [3] * 10
+    assert not _rows(part.test_x) - _rows(full.test_x) and torch.equal(part.train_x, full.train_x)
+    other_split = _fresh(DataConfig(name="mnist", root=str(tmp_path), test_size=30, split_seed=5))
+    assert torch.equal(other_split.test_x, part.test_x)  # every config of one size tests on the same images
+    with pytest.raises(ConfigError, match="data.test_size"):
+        _fresh(DataConfig(name="mnist", root=str(tmp_path), test_size=101))
+
+
 REAL_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
