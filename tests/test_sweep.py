@@ -145,11 +145,12 @@ def test_spend_runs_carry_the_documented_params_and_metrics(grid):
         tweaks = {"activation": "swish"} if tags["tweak"] == "swish" else {}
         key = spend_key(level, **tweaks)
         assert tags["spend_key"] == key and tags["ticket_key"] == grid.ticket.key
+        result = grid.store.read_json(f"spends/{key}/result.json")
         assert params == {"dataset": "digits", "arch": "resnet18", "width": "0.125", "seed": "0", "ticket_seed": "0",
                           "prune_method": "imp", "level": str(level),
                           "sparsity": f"{levels[level]['sparsity']:.6f}",  # measured, not the target
-                          **mlflow_params(TweakConfig(**tweaks))}
-        result = grid.store.read_json(f"spends/{key}/result.json")
+                          "live_sparsity": f"{levels[level]['live_sparsity']:.6f}",
+                          **mlflow_params(TweakConfig(**tweaks)), **L.platform_params(result["platform"])}
         for name in ("train_loss", "val_acc"):
             history = client.get_metric_history(run.info.run_id, name)
             assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
