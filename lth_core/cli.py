@@ -303,7 +303,8 @@ def cmd_spend(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         progress.close()
     result = {k: v for k, v in result.items() if k != "history"}
-    print(f"spent level {result['level']} ({result['sparsity']:.2%} sparse) with {result['tweak']}: "
+    live = f", {result['live_sparsity']:.2%} of live weights" if "live_sparsity" in result else ""
+    print(f"spent level {result['level']} ({result['sparsity']:.2%} sparse{live}) with {result['tweak']}: "
           f"test acc {_pct(result['test_acc'])} (vanilla {_pct(result.get('vanilla_test_acc'))}, "
           f"dense {_pct(result.get('dense_test_acc'))})", file=sys.stderr)
     return result
