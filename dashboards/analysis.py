@@ -22,6 +22,10 @@ SETTING_PARAMS = ["dataset", "arch", "width", "prune_method"]
 DENSE_PARAMS = ["dataset", "arch", "width"]  # the dense net is the same whatever draws the masks
 POINT_KEYS = ["setting", "tweak", "base_tweak", "rewind_epoch", "level"]
 EPS = 1e-12  # accuracies equal up to float noise count as equal
+# What the sparsity axis measures: the share of every prunable weight a mask removes (`sparsity`),
+# or of the live ones only, those an input of the data set's shape reaches (`live_sparsity`).
+SPARSITY_AXES = ("nominal", "live")
+PLATFORM_PREFIX = "platform."
 
 
 def _col(frame: pd.DataFrame, name: str, default) -> pd.Series:
@@ -65,6 +69,47 @@ def finished_spends(trials: pd.DataFrame) -> pd.DataFrame:
     spend = spend.sort_values("start_time")
     keyed = _col(spend, "spend_key", None).notna()
     return pd.concat([spend[keyed].drop_duplicates("spend_key", keep="last"), spend[~keyed]])
+
+
+def on_sparsity_axis(trials: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """The trials with `sparsity` measured as `axis` says (SPARSITY_AXES): for `live`, each spend's
+    `live_sparsity`. Raises ValueError when no spend run logged one (runs from before it was)."""
+    if axis not in SPARSITY_AXES:
+        raise ValueError(f"unknown sparsity axis {axis!r}; one of {', '.join(SPARSITY_AXES)}")
+    if axis == "nominal":
+        return trials
+    live = _col(trials, "live_sparsity", np.nan)
+    if live[trials["stage"] == "spend"].isna().all():
+        raise ValueError("no spend run of this experiment logged live_sparsity (the param came with live "
+                         "weights, lth_core.live)")
+    return trials.assign(sparsity=live.astype("float64"))
+
+
+def level_sparsities(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and level, the mean sparsity of the finished spends, nominal and among live
+    weights (NaN where no run logged the live one), and their share of live weights."""
+    columns = ["setting", "level", "sparsity", "live_sparsity"]
+    spend = finished_spends(trials)
+    if spend.empty:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame({"setting": setting_of(spend), "level": _col(spend, "level", 0).fillna(0).astype("int64"),
+                          "sparsity": _col(spend, "sparsity", np.nan).astype("float64"),
+                          "live_sparsity": _col(spend, "live_sparsity", np.nan).astype("float64")})
+    return frame.groupby(["setting", "level"], as_index=False)[["sparsity", "live_sparsity"]].mean()[columns]
+
+
+def platforms(trials: pd.DataFrame) -> pd.DataFrame:
+    """The platforms the draw and spend runs were computed on (`platform.*` params), with how many
+    runs of each stage each one computed; empty when no run logged one."""
+    names = [c for c in trials.columns if c.startswith(PLATFORM_PREFIX)]
+    runs = trials[trials["stage"].isin(["draw", "spend"])]
+    if not names or runs.empty:
+        return pd.DataFrame()
+    shown = runs[names].astype(object).where(runs[names].notna(), "–").astype(str)
+    shown.columns = [c[len(PLATFORM_PREFIX):] for c in names]
+    counts = pd.crosstab([shown[c] for c in shown.columns], runs["stage"])
+    counts.columns.name = None
+    return counts.reset_index()
 
 
 def spend_points(trials: pd.DataFrame) -> pd.DataFrame:
@@ -446,13 +491,17 @@ class Analysis:
     act_sparsity: pd.DataFrame = field(default_factory=pd.DataFrame)  # act_sparsity_summary
     hessian: pd.DataFrame = field(default_factory=pd.DataFrame)  # hessian_summary
     hessian_curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # hessian_curves
+    sparsity_axis: str = "nominal"  # SPARSITY_AXES: what every `sparsity` above measures
 
     @property
     def settings(self) -> list[str]:
         return sorted(self.summary["setting"].unique())
 
 
-def analyze(trials: pd.DataFrame, draw_levels: pd.DataFrame, hessian_history: pd.DataFrame | None = None) -> Analysis:
+def analyze(trials: pd.DataFrame, draw_levels: pd.DataFrame, hessian_history: pd.DataFrame | None = None,
+            sparsity: str = "nominal") -> Analysis:
+    """Everything the report shows, against the sparsity axis `sparsity` (SPARSITY_AXES)."""
+    trials = on_sparsity_axis(trials, sparsity)
     points = spend_points(trials)
     summary = summarize(points)
     dense = dense_reference(trials)
@@ -463,7 +512,7 @@ def analyze(trials: pd.DataFrame, draw_levels: pd.DataFrame, hessian_history: pd
                       critical=critical_sparsity(summary), cost=cost_by_tweak(summary),
                       controls=lottery_controls(summary),
                       act_sparsity=act_sparsity_summary(extra), hessian=hessian_summary(extra),
-                      hessian_curves=hessian_curves(hessian_history, extra))
+                      hessian_curves=hessian_curves(hessian_history, extra), sparsity_axis=sparsity)
     result.notes = sweep_notes(trials, result)
     return result
 

@@ -19,6 +19,9 @@ from .analysis import VANILLA  # noqa: E402
 
 DPI = 100
 BASE_COLOR, DENSE_COLOR = "black", "tab:gray"
+# The x-axis label of each sparsity axis (`analysis.SPARSITY_AXES`).
+SPARSITY_LABELS = {"nominal": "sparsity (%)", "live": "sparsity among live weights (%)"}
+SPARSITY_LABEL = SPARSITY_LABELS["nominal"]
 
 
 def _save(fig, path: Path) -> Path:
@@ -35,12 +38,12 @@ def _from_density(y):
     return 100 * (1 - 10 ** (-np.asarray(y, dtype=float)))
 
 
-def sparsity_axis(ax, sparsities_pct) -> None:
+def sparsity_axis(ax, sparsities_pct, label: str = SPARSITY_LABEL) -> None:
     """Log of the remaining weights, as LTH plots do, so 90% .. 97% do not bunch up."""
     ax.set_xscale("function", functions=(_to_density, _from_density))
     ticks = sorted({round(float(s), 1) for s in sparsities_pct if pd.notna(s)})
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks], rotation=45 if len(ticks) > 6 else 0)
-    ax.set_xlabel("sparsity (%)")
+    ax.set_xlabel(label)
 
 
 def _curve(ax, frame: pd.DataFrame, label: str, color, marker="o", linestyle="-", band: bool = True) -> None:
@@ -61,7 +64,7 @@ def _dense_line(ax, dense: pd.Series | None) -> None:
 
 
 def accuracy_panels(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.Series | None,
-                    path: Path, title: str) -> Path | None:
+                    path: Path, title: str, sparsity_label: str = SPARSITY_LABEL) -> Path | None:
     """One panel per tweak combination against vanilla LTH and the dense net (Figures 1, 4, 8)."""
     if summary.empty:
         return None
@@ -75,7 +78,7 @@ def accuracy_panels(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.Ser
             _curve(ax, baseline, "vanilla LTH", BASE_COLOR, marker="s", linestyle=":")
         if combo != VANILLA:
             _curve(ax, summary[summary["tweak"] == combo], combo, "tab:red")
-        sparsity_axis(ax, 100 * summary["sparsity"])
+        sparsity_axis(ax, 100 * summary["sparsity"], sparsity_label)
         ax.set_title(combo, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
@@ -89,7 +92,7 @@ def accuracy_panels(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.Ser
 
 
 def accuracy_overview(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.Series | None,
-                      path: Path, title: str) -> Path | None:
+                      path: Path, title: str, sparsity_label: str = SPARSITY_LABEL) -> Path | None:
     """Every combination on one axis, vanilla LTH in black; no bands, the panels have them."""
     if summary.empty:
         return None
@@ -101,7 +104,7 @@ def accuracy_overview(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.S
     palette = plt.get_cmap("tab10" if len(combos) <= 10 else "tab20")
     for i, combo in enumerate(combos):
         _curve(ax, summary[summary["tweak"] == combo], combo, palette(i % palette.N), band=False)
-    sparsity_axis(ax, 100 * summary["sparsity"])
+    sparsity_axis(ax, 100 * summary["sparsity"], sparsity_label)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -110,7 +113,7 @@ def accuracy_overview(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.S
 
 
 def heatmap(table: pd.DataFrame, path: Path, title: str, colorbar: str, fmt: str = "{:+.2f}",
-            diverging: bool = True) -> Path | None:
+            diverging: bool = True, sparsity_label: str = SPARSITY_LABEL) -> Path | None:
     """Annotated tweak x sparsity grid; blank cells where a value is missing."""
     if table.empty or table.isna().all().all():
         return None
@@ -130,13 +133,14 @@ def heatmap(table: pd.DataFrame, path: Path, title: str, colorbar: str, fmt: str
                 color="white" if dark_cell else "black")
     ax.set_xticks(range(table.shape[1]), [f"{c:g}" for c in table.columns])
     ax.set_yticks(range(table.shape[0]), list(table.index))
-    ax.set_xlabel("sparsity (%)")
+    ax.set_xlabel(sparsity_label)
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=colorbar)
     return _save(fig, path)
 
 
-def frontier_plot(frontier: pd.DataFrame, path: Path, title: str) -> Path | None:
+def frontier_plot(frontier: pd.DataFrame, path: Path, title: str, sparsity_label: str = SPARSITY_LABEL
+                  ) -> Path | None:
     """Highest sparsity matching the dense accuracy, per combination; vanilla LTH in black."""
     if frontier.empty or frontier["dense_mean"].isna().all():
         return None
@@ -149,13 +153,14 @@ def frontier_plot(frontier: pd.DataFrame, path: Path, title: str) -> Path | None
         ax.text(v + 0.5, i, "none" if pd.isna(s) else f"{v:.1f}%", va="center", fontsize=8)
     ax.set_yticks(range(len(frame)), list(frame["tweak"]))
     ax.set_xlim(0, 105)
-    ax.set_xlabel("highest sparsity matching the dense accuracy (%)")
+    ax.set_xlabel(f"highest {sparsity_label.replace(' (%)', '')} matching the dense accuracy (%)")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
-def critical_plot(summary: pd.DataFrame, critical: pd.DataFrame, path: Path, title: str) -> Path | None:
+def critical_plot(summary: pd.DataFrame, critical: pd.DataFrame, path: Path, title: str,
+                  sparsity_label: str = SPARSITY_LABEL) -> Path | None:
     """From init against weight rewinding, with the critical sparsity marked (Figure 4b)."""
     if critical.empty:
         return None
@@ -170,7 +175,7 @@ def critical_plot(summary: pd.DataFrame, critical: pd.DataFrame, path: Path, tit
                        label=f"critical {100 * pair['critical_sparsity']:.1f}%")
         else:
             ax.text(0.02, 0.04, pair["note"], transform=ax.transAxes, fontsize=7, wrap=True)
-        sparsity_axis(ax, 100 * summary["sparsity"])
+        sparsity_axis(ax, 100 * summary["sparsity"], sparsity_label)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
@@ -261,12 +266,13 @@ def _eigen_figure(frame: pd.DataFrame, x: str, scale: float, figsize: tuple[floa
     return fig, ax
 
 
-def hessian_vs_sparsity(summary: pd.DataFrame, path: Path, title: str) -> Path | None:
+def hessian_vs_sparsity(summary: pd.DataFrame, path: Path, title: str, sparsity_label: str = SPARSITY_LABEL
+                        ) -> Path | None:
     """Final top Hessian eigenvalue per combination against sparsity, mean ±95% CI over seeds."""
     if summary.empty:
         return None
     fig, ax = _eigen_figure(summary, "sparsity", 100, (9, 5))
-    sparsity_axis(ax, 100 * summary["sparsity"])
+    sparsity_axis(ax, 100 * summary["sparsity"], sparsity_label)
     ax.set_title(title)
     return _save(fig, path)
 

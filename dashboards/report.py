@@ -20,12 +20,14 @@ from . import analysis, claims, collect, html, plots
 from .analysis import Analysis
 from .collect import Sweep
 
-TRIAL_COLUMNS = ["run_id", "stage", "status", "tweak", "level", "sparsity", "seed", "rewind_epoch",
+TRIAL_COLUMNS = ["run_id", "stage", "status", "tweak", "level", "sparsity", "live_sparsity", "seed", "rewind_epoch",
                  "test_acc", "best_val_acc", "device_seconds", "act_sparsity", "hessian_top_eigenvalue"]
 HOW_TO_ANALYZE = ("run the sweep with --analyze (activation sparsity per stage and the final top Hessian "
                   "eigenvalue of every spend) and/or --hessian-every N (the top Hessian eigenvalue every N "
                   "epochs of every spend)")
 MAX_TRIAL_ROWS = 400
+SPARSITY_AXIS_TEXT = {"nominal": "nominal sparsity (every prunable weight)",
+                      "live": "sparsity among live weights (those an input of the data set's shape reaches)"}
 
 
 @dataclass
@@ -58,6 +60,7 @@ def _setting_sections(result: Analysis, out: Path, sections: dict[str, html.Sect
     """Figures and tables for each ticket family (most sweeps have one)."""
     pngs: list[Path] = []
     several = len(result.settings) > 1
+    label = plots.SPARSITY_LABELS[result.sparsity_axis]
 
     def png(name: str, setting: str) -> Path:
         return out / (f"{name}_{_slug(setting)}.png" if several else f"{name}.png")
@@ -81,9 +84,9 @@ def _setting_sections(result: Analysis, out: Path, sections: dict[str, html.Sect
             acc.add(html.paragraph(f"Dense accuracy {_pct(dense_row['dense_mean'], 2)}% over "
                                    f"{dense_row['n_tickets']} ticket(s) ({dense_row['source']})."))
         keep(plots.accuracy_overview(summary, baseline, dense_row, png("accuracy_overview", setting),
-                                     f"{heading}test accuracy vs sparsity"), "accuracy", "all combinations")
+                                     f"{heading}test accuracy vs sparsity", label), "accuracy", "all combinations")
         keep(plots.accuracy_panels(summary, baseline, dense_row, png("accuracy_vs_sparsity", setting),
-                                   f"{heading}each combination vs vanilla LTH"), "accuracy", "per combination")
+                                   f"{heading}each combination vs vanilla LTH", label), "accuracy", "per combination")
         sources = ", ".join(sorted(set(baseline["source"]))) or "none"
         acc.add(html.paragraph(f"Test accuracy (%), mean ±95% CI half-width over seeds. Vanilla LTH from: {sources}."))
         acc.add(html.table(accuracy_table(summary)))
@@ -91,7 +94,7 @@ def _setting_sections(result: Analysis, out: Path, sections: dict[str, html.Sect
         gains = pick(result.gains)
         gain_matrix = analysis.matrix(gains, "gain_pp")
         keep(plots.heatmap(gain_matrix, png("gain_heatmap", setting), f"{heading}gain over vanilla LTH",
-                           "percentage points"), "gain", "gain heat map")
+                           "percentage points", sparsity_label=label), "gain", "gain heat map")
         if gain_matrix.empty:
             sections["gain"].note("No tweak other than vanilla has finished runs: no gains to show.")
         else:
@@ -100,7 +103,7 @@ def _setting_sections(result: Analysis, out: Path, sections: dict[str, html.Sect
             sections["gain"].add(html.table(shown.reset_index()))
 
         front, critical = pick(result.frontier), pick(result.critical)
-        keep(plots.frontier_plot(front, png("frontier", setting), f"{heading}winning-ticket frontier"),
+        keep(plots.frontier_plot(front, png("frontier", setting), f"{heading}winning-ticket frontier", label),
              "frontier", "frontier")
         sections["frontier"].add(html.table(pd.DataFrame({
             "combination": front["tweak"], "frontier sparsity (%)": front["frontier_sparsity"].map(_pct),
@@ -113,7 +116,7 @@ def _setting_sections(result: Analysis, out: Path, sections: dict[str, html.Sect
                                       "weight rewinding (rewind_epoch > 0): no critical sparsity.")
         else:
             keep(plots.critical_plot(summary, critical, png("critical_sparsity", setting),
-                                     f"{heading}from init vs rewinding"), "frontier", "critical sparsity")
+                                     f"{heading}from init vs rewinding", label), "frontier", "critical sparsity")
             sections["frontier"].add(html.table(pd.DataFrame({
                 "from init": critical["from_init"], "rewound": critical["rewound"],
                 "levels compared": critical["levels_compared"],
@@ -123,7 +126,8 @@ def _setting_sections(result: Analysis, out: Path, sections: dict[str, html.Sect
             sections["cost"].note("No device_seconds logged.")
         else:
             keep(plots.heatmap(analysis.matrix(summary, "device_seconds"), png("cost", setting),
-                               f"{heading}device seconds per trial", "device seconds", fmt="{:.0f}", diverging=False),
+                               f"{heading}device seconds per trial", "device seconds", fmt="{:.0f}", diverging=False,
+                               sparsity_label=label),
                  "cost", "compute cost")
             cost = pick(result.cost).drop(columns="setting")
             sections["cost"].add(html.table(cost.round({"device_hours": 3, "hours_per_trial": 4})))
@@ -263,7 +267,8 @@ def _analyses_section(result: Analysis, out: Path, section: html.Section) -> lis
                          "or --hessian-every N (every N epochs).")
         else:
             keep(plots.hessian_vs_sparsity(hessian, png("hessian_vs_sparsity"),
-                                           f"{prefix}final top Hessian eigenvalue vs sparsity"),
+                                           f"{prefix}final top Hessian eigenvalue vs sparsity",
+                                           plots.SPARSITY_LABELS[result.sparsity_axis]),
                  "top Hessian eigenvalue vs sparsity")
             section.add(html.paragraph("Final top Hessian eigenvalue (the --analyze value, else the last epoch "
                                        "--hessian-every measured), mean over seeds:"))
@@ -315,6 +320,7 @@ def _overview(sweep: Sweep, result: Analysis, section: html.Section) -> None:
         "experiment": sweep.experiment, "tracking URI": sweep.tracking_uri,
         "parent run": parent.get("run_id", "none (no run tagged stage=sweep)"),
         "sweep kind": tags.get("kind", "–"), "preset": tags.get("preset", "–"),
+        "sparsity axis": SPARSITY_AXIS_TEXT[result.sparsity_axis],
         "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}))
     if sweep.n_parents > 1:
         section.note(f"{sweep.n_parents} sweep parent runs in this experiment: the report covers all their "
@@ -326,6 +332,22 @@ def _overview(sweep: Sweep, result: Analysis, section: html.Section) -> None:
         section.add(html.table(counts.reset_index()))
     for text in result.notes:
         section.note(text)
+    levels = analysis.level_sparsities(trials)
+    if not levels.empty:
+        section.add(html.paragraph("Sparsity (%) of each level, mean over its finished spends: nominal (every "
+                                   "prunable weight) and among live weights (those an input of the data set's "
+                                   "shape reaches; the rest only ever multiply padding)."))
+        section.add(html.table(pd.DataFrame({"setting": levels["setting"], "level": levels["level"],
+                                             "sparsity (%)": levels["sparsity"].map(lambda v: _pct(v, 2)),
+                                             "live sparsity (%)": levels["live_sparsity"].map(lambda v: _pct(v, 2))})))
+    machines = analysis.platforms(trials)
+    if machines.empty:
+        section.note("No run logged its platform (platform.* params): the runs predate them.")
+    else:
+        section.add(html.paragraph("Platforms the draw and spend runs were computed on (runs per stage). "
+                                   "Results at this scale move with the thread count and the CPU's vector "
+                                   "kernels, so compare runs from one platform."))
+        section.add(html.table(machines))
 
 
 def _trials_section(trials: pd.DataFrame, section: html.Section) -> None:
@@ -334,12 +356,13 @@ def _trials_section(trials: pd.DataFrame, section: html.Section) -> None:
     section.add(html.table(shown, max_rows=MAX_TRIAL_ROWS))
 
 
-def build_report(sweep: Sweep, out: Path) -> ReportFiles:
-    """Write trials.parquet, the PNGs and report.html into `out`."""
+def build_report(sweep: Sweep, out: Path, sparsity: str = "nominal") -> ReportFiles:
+    """Write trials.parquet, the PNGs and report.html into `out`, plotting against the sparsity
+    axis `sparsity` (`analysis.SPARSITY_AXES`); the table keeps both sparsities."""
+    result = analysis.analyze(sweep.trials, sweep.draw_levels, sweep.hessian_history, sparsity)
     out.mkdir(parents=True, exist_ok=True)
     parquet = out / "trials.parquet"
     sweep.trials.to_parquet(parquet, engine="pyarrow", index=False)
-    result = analysis.analyze(sweep.trials, sweep.draw_levels, sweep.hessian_history)
 
     sections = {key: html.Section(key, title) for key, title in [
         ("overview", "Overview"), ("claims", "Claims"), ("accuracy", "Accuracy vs sparsity"), ("gain", "Gain over vanilla LTH"),
@@ -372,6 +395,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output folder (default reports/<experiment>)")
     parser.add_argument("--no-log-artifacts", action="store_true",
                         help="do not attach the report to the sweep's parent run")
+    parser.add_argument("--sparsity", choices=analysis.SPARSITY_AXES, default="nominal",
+                        help="what the sparsity axis measures: every prunable weight (nominal) or only the live "
+                             "ones, those an input of the data set's shape reaches (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -402,7 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        files = build_report(sweep, out)
+        files = build_report(sweep, out, args.sparsity)
+    except ValueError as exc:  # no live sparsity logged
+        print(f"error: --sparsity {args.sparsity}: {exc}; use --sparsity nominal for this experiment",
+              file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: cannot write the report to {out} ({exc.strerror or exc}); pass --out with a folder you "
               "can write to", file=sys.stderr)

@@ -24,7 +24,7 @@ from lth_core import paths
 from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping, recipe_overlay
 from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, tweak_flags
 from lth_core.mask_sources import SOURCES
-from lth_core.tables import StageProgress, format_levels
+from lth_core.tables import StageProgress, dead_weights_warning, format_levels, weights_line
 
 DEFAULT_STORE = "artifacts"
 EXIT_USER_ERROR = 2
@@ -36,9 +36,12 @@ class CliError(Exception):
 
 # flag -> (dotted field inside a TicketConfig, kind, help); kinds: lth_core.flags
 TICKET_FLAGS: FlagTable = {
-    "--dataset": ("data.name", str, "digits | cifar10 | cifar100 | tinyimagenet"),
-    "--data-root": ("data.root", str, "folder holding the CIFAR or Tiny-ImageNet files"),
+    "--dataset": ("data.name", str, "digits | mnist | fashion-mnist | cifar10 | cifar100 | tinyimagenet"),
+    "--data-root": ("data.root", str, "folder holding the data set's files (fashion-mnist: "
+                                      "/usr/share/datasets/fashion-mnist when not set)"),
     "--val-fraction": ("data.val_fraction", float, "share of the training set held out for validation"),
+    "--train-size": ("data.train_size", int, "train on a seeded, stratified subset of this many images (0 = all)"),
+    "--test-size": ("data.test_size", int, "test on a fixed, stratified subset of this many images (0 = all)"),
     "--arch": ("model.arch", str, "resnet18 | resnet34 | vgg16 | mobilenet"),
     "--width": ("model.width", float, "width multiplier"),
     "--seed": ("seed", int, "seed of the initialisation and data order"),
@@ -222,13 +225,23 @@ def _stages(ticket: TicketConfig) -> str:
 
 
 def draw_plan(ticket: TicketConfig, store: Any) -> str:
+    """What a draw will do; its live weights (`lth_core.live`) are counted from the data's shape."""
+    from lth_core.data import load_dataset
+    from lth_core.lottery import live_set
+
     drawn = store.exists(paths.ticket_summary(ticket.key))
     sparsities = ticket.pruning.level_sparsities()
+    dataset = load_dataset(ticket.data)  # read and checked already (check_ticket): cached
+    live = live_set(ticket, dataset)
+    weights = {"prunable": live.total, "live": live.kept}
+    warning = dead_weights_warning(weights, dataset.image_size)
     lines = [f"draw: ticket {ticket.key} ({ticket.model.arch} x{ticket.model.width:g} on {ticket.data.name}, "
              f"seed {ticket.seed}, device {ticket.recipe.device})",
              f"  stages: {_stages(ticket)}"
              + ("; already drawn: its files are checked and read back" if drawn else ""),
              f"  levels: sparsity {', '.join(f'{s:.1%}' for s in sparsities)}",
+             f"  weights: {weights_line(weights)}",
+             *([f"  {warning}"] if warning else []),
              f"  writes: {shown_uri(store.uri)}/{paths.ticket_dir(ticket.key)}"]
     return "\n".join(lines)
 
@@ -291,7 +304,8 @@ def cmd_spend(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         progress.close()
     result = {k: v for k, v in result.items() if k != "history"}
-    print(f"spent level {result['level']} ({result['sparsity']:.2%} sparse) with {result['tweak']}: "
+    live = f", {result['live_sparsity']:.2%} of live weights" if "live_sparsity" in result else ""
+    print(f"spent level {result['level']} ({result['sparsity']:.2%} sparse{live}) with {result['tweak']}: "
           f"test acc {_pct(result['test_acc'])} (vanilla {_pct(result.get('vanilla_test_acc'))}, "
           f"dense {_pct(result.get('dense_test_acc'))})", file=sys.stderr)
     return result
@@ -495,7 +509,7 @@ def config_error_text(e: ConfigError, command: str | None, config_file: str | No
 
 def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     """The one-line message of a user-facing error; None for anything else (a bug)."""
-    from lth_core.data import DatasetFormatError, DatasetNotFoundError
+    from lth_core.data import DatasetFormatError, DatasetNotFoundError, not_found_text
     from lth_core.store import CorruptArtifactError, LockTimeout, OutsideStoreError
 
     command = getattr(args, "command", None)
@@ -504,7 +518,7 @@ def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     if isinstance(e, ConfigError):
         return config_error_text(e, command, getattr(args, "config", None))
     if isinstance(e, DatasetNotFoundError):
-        return str(e).replace(" not found. Download", " not found; download", 1)
+        return not_found_text(e)
     if isinstance(e, DatasetFormatError):
         return f"{e}; download the data set again and point --data-root at the extracted folder"
     if isinstance(e, OutsideStoreError):

@@ -1,10 +1,13 @@
 """Data sets held as uint8 tensors, split once, and served in on-device batches.
 
-Four data sets: scikit-learn's 8x8 digits (embedded, works offline), CIFAR-10/100 in the
-python-pickle batches the CIFAR site distributes, and the Tiny-ImageNet folder. Each is read
-once per process into uint8 NCHW tensors (Tiny-ImageNet is 100k images, so no float copy),
-the official training set is split by a seeded, stratified draw into train and validation, and
-the official test set (Tiny-ImageNet: its labelled val set) is kept for test.
+Six data sets: scikit-learn's 8x8 digits (embedded, works offline), MNIST and Fashion-MNIST in
+the official IDX files (gzipped or not; Debian's dataset-fashion-mnist package installs the
+latter), CIFAR-10/100 in the python-pickle batches the CIFAR site distributes, and the
+Tiny-ImageNet folder. Each is read once per process into uint8 NCHW tensors (Tiny-ImageNet is
+100k images, so no float copy), the official training set is split by a seeded, stratified draw
+into train and validation (and, with `DataConfig.train_size`, the train part cut to a seeded,
+stratified subset), and the official test set (Tiny-ImageNet: its labelled val set) is kept for
+test.
 
 Batches are sliced from tensors already on the training device: crop and flip are done on the
 whole batch with index arithmetic, normalisation is one fused multiply-add, and all randomness
@@ -15,10 +18,12 @@ There is no DataLoader and no worker process.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import math
 import os
 import pickle
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +32,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from lth_core.config import ConfigError, DataConfig
+from lth_core.config import DEFAULT_ROOTS, ConfigError, DataConfig
 
 try:  # numpy >= 2 (numpy 1.26 has it too); numpy.core is a deprecated alias there
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -38,17 +43,33 @@ SPLITS = ("train", "val", "test")
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+MNIST_URL = "http://yann.lecun.com/exdb/mnist/"
+FASHION_MNIST_URL = "https://github.com/zalandoresearch/fashion-mnist"
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"  # Debian and Ubuntu
 
 # Digits has no official test split: this fixed seed holds out the same 20% for every config.
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0
+# The seed of `DataConfig.test_size`'s subset: fixed, so every config of one size tests on the same images.
+TEST_SUBSET_SEED = 0
 
-# Standard per-channel statistics, in [0, 1] pixel units.
+# Standard per-channel statistics, in [0, 1] pixel units: mean and (population) standard deviation
+# over every pixel of the official training set. Fashion-MNIST's were computed from the files of
+# dataset-fashion-mnist (0.28604, 0.35302); MNIST's are the values everyone uses, computed the same way.
 _STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "tinyimagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's
 }
+
+# Training augmentation: (horizontal flip, random-crop zero padding). Digits and MNIST are not
+# flipped: a mirrored digit is another symbol or none. Fashion-MNIST is: a mirrored shirt, shoe or
+# bag is the same class, so the flip adds views without changing a label, as it does on CIFAR.
+# 28x28 images take padding 2, as is common for MNIST (the 32x32 recipe's 4 scaled down).
+_AUGMENT = {"digits": (False, 1), "mnist": (False, 2), "fashion-mnist": (True, 2),
+            "cifar10": (True, 4), "cifar100": (True, 4), "tinyimagenet": (True, 4)}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -104,37 +125,60 @@ _cache_lock = threading.Lock()
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Read and split the data set `cfg` names, on CPU.
 
-    Cached per process by (name, resolved root, val_fraction, split_seed), so repeated spends in
-    one worker read the files once; `cfg.augment` only sets the returned `Dataset.augment`.
+    Cached per process by (name, resolved root, val_fraction, split_seed, train_size, test_size), so
+    repeated spends in one worker read the files once; `cfg.augment` only sets the returned
+    `Dataset.augment`.
     """
     _require_seed(cfg.split_seed, "data.split_seed")
-    root = None if cfg.name == "digits" else str(Path(cfg.root).expanduser().resolve())
-    key = (cfg.name, root, cfg.val_fraction, cfg.split_seed)
+    root = data_root(cfg)
+    root = None if root is None else str(root.expanduser().resolve())
+    key = (cfg.name, root, cfg.val_fraction, cfg.split_seed, cfg.train_size, cfg.test_size)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = _build(cfg.name, root, cfg.val_fraction, cfg.split_seed)
+            _cache[key] = _build(cfg.name, root, cfg.val_fraction, cfg.split_seed, cfg.train_size, cfg.test_size)
         return dataclasses.replace(_cache[key], augment=cfg.augment)
 
 
-def _build(name: str, root: str | None, val_fraction: float, split_seed: int) -> Dataset:
+def data_root(cfg: DataConfig) -> Path | None:
+    """The folder a data set is read from: data.root, else its default location (None for digits)."""
+    root = cfg.root if cfg.root is not None else DEFAULT_ROOTS.get(cfg.name)
+    return None if root is None else Path(root)
+
+
+def _build(name: str, root: str | None, val_fraction: float, split_seed: int, train_size: int,
+           test_size: int) -> Dataset:
     if name == "digits":
         dev_x, dev_y, test_x, test_y, num_classes = _read_digits()
+    elif name in _IDX_SETS:
+        dev_x, dev_y, test_x, test_y, num_classes = _read_idx_set(name, Path(root))
     elif name in ("cifar10", "cifar100"):
         dev_x, dev_y, test_x, test_y, num_classes = _read_cifar(name, Path(root))
     else:
         dev_x, dev_y, test_x, test_y, num_classes = _read_tinyimagenet(Path(root))
     train_idx, val_idx = (torch.from_numpy(i) for i in _stratified_split(dev_y, val_fraction, split_seed))
+    if train_size:
+        if train_size > len(train_idx):
+            raise ConfigError("data.train_size", f"{train_size} is more than the {len(train_idx)} training images "
+                                                 f"{name} has after the validation split; use at most that, or 0 "
+                                                 "for all")
+        _, chosen = _stratified_split(dev_y[train_idx], train_size / len(train_idx), split_seed)
+        train_idx = train_idx[torch.from_numpy(chosen)]
+    if test_size:
+        if test_size > len(test_y):
+            raise ConfigError("data.test_size", f"{test_size} is more than the {len(test_y)} test images {name} has; "
+                                                "use at most that, or 0 for all")
+        _, chosen = (torch.from_numpy(i) for i in _stratified_split(test_y, test_size / len(test_y), TEST_SUBSET_SEED))
+        test_x, test_y = test_x[chosen], test_y[chosen]
     if name == "digits":  # no standard statistics: take them from the split-independent 80%
         pixels = dev_x.float().div_(255).transpose(0, 1).reshape(dev_x.shape[1], -1)
         mean, std = tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
     else:
         mean, std = _STATS[name]
-    image_size = dev_x.shape[-1]
+    flip, crop_padding = _AUGMENT[name]
     return Dataset(
-        name=name, num_classes=num_classes, in_channels=dev_x.shape[1], image_size=image_size,
+        name=name, num_classes=num_classes, in_channels=dev_x.shape[1], image_size=dev_x.shape[-1],
         train_x=dev_x[train_idx], train_y=dev_y[train_idx], val_x=dev_x[val_idx], val_y=dev_y[val_idx],
-        test_x=test_x, test_y=test_y, mean=mean, std=std,
-        flip=name != "digits", crop_padding=1 if image_size <= 8 else 4, augment=True,
+        test_x=test_x, test_y=test_y, mean=mean, std=std, flip=flip, crop_padding=crop_padding, augment=True,
     )
 
 
@@ -203,11 +247,105 @@ def check_files(cfg: DataConfig) -> None:
     this before it starts any worker."""
     if cfg.name == "digits":
         return
+    if cfg.name in _IDX_SETS:
+        base = _idx_dir(cfg.name, data_root(cfg))
+        for stem in (stem for pair in _IDX_FILES.values() for stem in pair):
+            _idx_file(cfg.name, base, stem)
+        return
     folder, files, url = _LAYOUTS[cfg.name]
     base = _dataset_dir(Path(cfg.root).expanduser(), folder, url)
     for name in files:
         if not (base / name).exists():
             raise _not_found(base / name, url, folder)
+
+
+# ------------------------------------------------------------ MNIST-like
+
+# The official IDX files of the MNIST-like sets, per split: (images, labels), each read gzipped
+# (`<name>.gz`, as distributed) or not; the number of images each must hold; the magic numbers
+# (0x08: unsigned bytes, then the number of dimensions).
+_IDX_SETS = ("mnist", "fashion-mnist")
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_COUNTS = {"train": 60000, "test": 10000}
+IDX_IMAGE_MAGIC, IDX_LABEL_MAGIC = 0x00000803, 0x00000801
+IDX_IMAGE_SIZE, IDX_CLASSES = 28, 10
+
+
+def _idx_not_found(name: str, what: Path) -> DatasetNotFoundError:
+    download = (f"download the four IDX files from {FASHION_MNIST_URL if name == 'fashion-mnist' else MNIST_URL} "
+                "and set data.root (CLI --data-root) to their folder")
+    if name == "fashion-mnist":
+        return DatasetNotFoundError(
+            f"{what} not found. Install the Debian/Ubuntu package {FASHION_MNIST_PACKAGE} (apt-get install "
+            f"{FASHION_MNIST_PACKAGE}: it is read from {DEFAULT_ROOTS[name]} when data.root is not set), or {download}")
+    return DatasetNotFoundError(f"{what} not found. {download[0].upper()}{download[1:]}")
+
+
+def _idx_dir(name: str, root: Path) -> Path:
+    """The folder holding the IDX files: root itself, or root/<name>/."""
+    root = root.expanduser()
+    if not root.is_dir():
+        raise _idx_not_found(name, root)
+    return root / name if (root / name).is_dir() else root
+
+
+def _idx_file(name: str, base: Path, stem: str) -> Path:
+    for path in (base / stem, base / f"{stem}.gz"):
+        if path.is_file():
+            return path
+    raise _idx_not_found(name, base / f"{stem}[.gz]")
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """One IDX file of unsigned bytes, its header checked against `magic` and its length against
+    the header; 28x28 images for an image file."""
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DatasetFormatError(f"{path}: not a readable gzip file ({e})") from e
+    kind = "image" if magic == IDX_IMAGE_MAGIC else "label"
+    found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if found != magic:
+        got = "the file is shorter than a header" if found is None else f"magic number 0x{found:08x}"
+        raise DatasetFormatError(f"{path}: not an IDX {kind} file ({got}, expected 0x{magic:08x})")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetFormatError(f"{path}: the IDX header is cut short ({len(raw)} bytes)")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    if kind == "image" and dims[1:] != (IDX_IMAGE_SIZE, IDX_IMAGE_SIZE):
+        raise DatasetFormatError(f"{path}: images are {dims[1]}x{dims[2]}, expected "
+                                 f"{IDX_IMAGE_SIZE}x{IDX_IMAGE_SIZE}")
+    size = math.prod(dims)
+    if len(raw) - header != size:
+        raise DatasetFormatError(f"{path}: {len(raw) - header} bytes of data where its header says {size} "
+                                 "(a truncated or damaged file)")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims).copy()
+
+
+def _read_idx_split(name: str, base: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images_stem, labels_stem = _IDX_FILES[split]
+    images_path, labels_path = _idx_file(name, base, images_stem), _idx_file(name, base, labels_stem)
+    images, labels = _read_idx(images_path, IDX_IMAGE_MAGIC), _read_idx(labels_path, IDX_LABEL_MAGIC)
+    if len(images) != len(labels):
+        raise DatasetFormatError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels")
+    if len(images) != IDX_COUNTS[split]:
+        raise DatasetFormatError(f"{images_path}: {len(images)} images, expected {IDX_COUNTS[split]} (the official "
+                                 f"{split} set)")
+    if len(labels) and labels.max() >= IDX_CLASSES:
+        raise DatasetFormatError(f"{labels_path}: labels must be in [0, {IDX_CLASSES - 1}], got {labels.max()}")
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def _read_idx_set(name: str, root: Path):
+    """MNIST or Fashion-MNIST: the official 60,000 training and 10,000 test images, 28x28, 10 classes."""
+    base = _idx_dir(name, root)
+    train_x, train_y = _read_idx_split(name, base, "train")
+    test_x, test_y = _read_idx_split(name, base, "test")
+    return train_x, train_y, test_x, test_y, IDX_CLASSES
 
 
 # ------------------------------------------------------------------ CIFAR
@@ -398,11 +536,17 @@ def unreadable(data: DataConfig) -> str | None:
         check_files(data)
         load_dataset(data)
     except DatasetNotFoundError as e:
-        return str(e).replace(" not found. Download", " not found; download", 1)
+        return not_found_text(e)
     except DatasetFormatError as e:
         return (f"data set {data.name!r} cannot be read: {e}; download it again and point --data-root at the "
                 "extracted folder")
     return None
+
+
+def not_found_text(error: DatasetNotFoundError) -> str:
+    """A missing data set as one `<what is missing> not found; <what to do>` line."""
+    what, found, todo = str(error).partition(" not found. ")
+    return f"{what} not found; {todo[:1].lower()}{todo[1:]}" if found else str(error)
 
 
 def lone_last_image(dataset: Dataset, split: str, batch_size: int) -> bool:

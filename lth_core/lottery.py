@@ -33,6 +33,8 @@ from lth_core import paths, tweaks
 from lth_core.config import ConfigError, DataConfig, SpendConfig, TicketConfig, from_dict, to_dict
 from lth_core.data import Dataset, iterate_batches, load_dataset, num_batches
 from lth_core.hooks import Observer, cross_entropy_loss
+from lth_core.live import live_sparsity, live_weights
+from lth_core.machine import platform_info
 from lth_core.mask_sources import MaskRequest
 from lth_core.masks import Mask, prunable_names
 from lth_core.models import build_model, load_ticket_weights
@@ -141,6 +143,28 @@ def build_ticket_model(ticket: TicketConfig, dataset: Dataset) -> nn.Module:
                            image_size=dataset.image_size)
 
 
+def live_set(ticket: TicketConfig, dataset: Dataset) -> Mask:
+    """The ticket's live weights (`lth_core.live`): those an input of the data set's shape reaches."""
+    return live_weights(build_ticket_model(ticket, dataset), (dataset.in_channels, dataset.image_size,
+                                                              dataset.image_size), ticket.pruning.prune_linear)
+
+
+def _stored_live_set(ticket: TicketConfig, store: ArtifactStore, dataset: Dataset, *, write: bool) -> Mask:
+    """The live set stored with the ticket, else computed (and, with `write`, under the ticket's
+    lock, stored): a draw from before live sets were stored has none."""
+    path = paths.live_weights(ticket.key)
+    live = _read_if_valid(_read_mask(store), path, "it is computed again", warn=write)
+    if live is None:
+        live = live_set(ticket, dataset)
+        if write:
+            store.write_bytes(path, live.to_bytes())
+    return live
+
+
+def _weight_counts(live: Mask) -> dict[str, int]:
+    return {"prunable": live.total, "live": live.kept}
+
+
 def _train_stage(store: ArtifactStore, checkpoint_path: str, model: nn.Module, dataset: Dataset,
                  ticket: TicketConfig, runtime: Runtime, *, mask: Mask | None, keep_epochs: tuple[int, ...],
                  stage: str, on_stage_epoch: StageCallback | None) -> TrainResult:
@@ -207,10 +231,11 @@ def draw_problems(ticket: TicketConfig, store: ArtifactStore) -> list[str]:
     key = ticket.key
     levels = range(1, ticket.num_levels + 1)
     if ticket.pruning.source.at_init:
-        tensors = [paths.rewind_weights(key, 0)] + [paths.level_mask(key, level) for level in levels]
+        tensors = [paths.live_weights(key), paths.rewind_weights(key, 0)]
+        tensors += [paths.level_mask(key, level) for level in levels]
         jsons = [(paths.level_metrics(key, level), AT_INIT_LEVEL_SHAPE) for level in levels]
     else:
-        tensors = _dense_files(ticket)
+        tensors = [paths.live_weights(key), *_dense_files(ticket)]
         jsons = [(paths.dense_metrics(key), DENSE_METRICS_SHAPE)]
         for level in levels:
             tensors += [paths.level_mask(key, level), paths.level_final(key, level)]
@@ -292,8 +317,9 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
     check_schedule(ticket, dataset)
     store.write_json(paths.ticket_config(key), {"key": key, "config": to_dict(ticket)})
     store.delete(paths.ticket_failure(key))  # an earlier attempt's: this one is in progress
+    live = _stored_live_set(ticket, store, dataset, write=True)
     if ticket.pruning.source.at_init:
-        return _draw_at_init(ticket, store, runtime, dataset)
+        return _draw_at_init(ticket, store, runtime, dataset, live)
 
     levels_range = range(1, ticket.num_levels + 1)
     dense_metrics, retrained = _dense_locked(ticket, store, runtime, dataset, on_stage_epoch,
@@ -332,16 +358,19 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
                        "start": rewind_path, "layer_sparsity": mask.layer_sparsity(), **_metrics(result)}
             store.write_json(paths.level_metrics(key, level), metrics)
             store.delete(paths.level_checkpoint(key, level))
-        levels.append({"level": level, "sparsity": metrics["sparsity"], **metrics["summary"]})
+        levels.append({"level": level, "sparsity": metrics["sparsity"], "live_sparsity": live_sparsity(mask, live),
+                       **metrics["summary"]})
         if sequential:
             prev_weights, prev_mask = store.read_tensors(paths.level_final(key, level)), mask
 
-    summary = {"key": key, "config": to_dict(ticket), "dense": dense_metrics["summary"], "levels": levels}
+    summary = {"key": key, "config": to_dict(ticket), "weights": _weight_counts(live),
+               "platform": platform_info(runtime.device), "dense": dense_metrics["summary"], "levels": levels}
     store.write_json(paths.ticket_summary(key), summary)
     return summary
 
 
-def _draw_at_init(ticket: TicketConfig, store: ArtifactStore, runtime: Runtime, dataset: Dataset) -> dict[str, Any]:
+def _draw_at_init(ticket: TicketConfig, store: ArtifactStore, runtime: Runtime, dataset: Dataset,
+                  live: Mask) -> dict[str, Any]:
     """Every level's mask scored on the ticket's initialisation (stored as rewind point 0); no training."""
     key, pruning = ticket.key, ticket.pruning
     model = runtime.prepare(build_ticket_model(ticket, dataset))
@@ -361,8 +390,9 @@ def _draw_at_init(ticket: TicketConfig, store: ArtifactStore, runtime: Runtime, 
             metrics = {"level": level, "sparsity": mask.sparsity, "target_sparsity": sparsity,
                        "start": paths.rewind_weights(key, 0), "layer_sparsity": mask.layer_sparsity()}
             store.write_json(paths.level_metrics(key, level), metrics)
-        levels.append({"level": level, "sparsity": metrics["sparsity"]})
-    summary = {"key": key, "config": to_dict(ticket), "dense": None, "levels": levels}
+        levels.append({"level": level, "sparsity": metrics["sparsity"], "live_sparsity": live_sparsity(mask, live)})
+    summary = {"key": key, "config": to_dict(ticket), "weights": _weight_counts(live),
+               "platform": platform_info(runtime.device), "dense": None, "levels": levels}
     store.write_json(paths.ticket_summary(key), summary)
     return summary
 
@@ -530,10 +560,12 @@ def record_spend(run: SpendRun, result: TrainResult, observers: Sequence[Observe
         "ticket_key": spend.ticket.key,
         "level": spend.level,
         "sparsity": run.mask.sparsity if run.mask is not None else 0.0,
+        "live_sparsity": live_sparsity(run.mask, _stored_live_set(spend.ticket, run.store, run.dataset, write=False)),
         "tweak": spend.tweaks.describe(),
         "config": to_dict(spend),
         **result.summary(),
         "spend_seconds": run.seconds(),
+        "platform": platform_info(run.runtime.device),
         "vanilla_test_acc": levels[spend.level].get("test_acc") if spend.level in levels else dense_acc,
         "dense_test_acc": dense_acc,
         "history": [vars(r) for r in result.history],

@@ -6,6 +6,7 @@ takes the key as a string, so a caller holding only a key (`python -m lth_core s
 --key ...`) finds the same files as one holding the config:
 
     tickets/<key>/config.json
+    tickets/<key>/live.safetensors                   the live weights (lth_core.live), True = live
     tickets/<key>/dense/rewind_<epoch>.safetensors   weights kept for rewinding (epoch 0 = init)
     tickets/<key>/dense/final.safetensors            the trained dense net (distillation teacher)
     tickets/<key>/dense/metrics.json
@@ -52,6 +53,11 @@ def ticket_dir(key: str) -> str:
 def ticket_config(key: str) -> str:
     """The ticket's config, written first."""
     return f"{ticket_dir(key)}/config.json"
+
+
+def live_weights(key: str) -> str:
+    """The prunable weights an input of the data set's shape can reach (`lth_core.live`)."""
+    return f"{ticket_dir(key)}/live.safetensors"
 
 
 def ticket_summary(key: str) -> str:
@@ -160,7 +166,7 @@ def _layout_file_pattern() -> re.Pattern[str]:
     """Every file above, for any key, level or epoch: each builder is called with stand-ins, which
     become patterns, so the layout is spelled once (in the builders)."""
     key, number = "KEY", 987654321
-    files = [f(key) for f in (ticket_config, ticket_summary, ticket_failure, dense_final, dense_metrics,
+    files = [f(key) for f in (ticket_config, ticket_summary, ticket_failure, live_weights, dense_final, dense_metrics,
                               dense_checkpoint, spend_weights, spend_result, spend_checkpoint)]
     files += [f(key, number) for f in (rewind_weights, level_mask, level_final, level_metrics, level_checkpoint)]
     return re.compile("|".join(re.escape(f).replace(key, "[0-9a-f]+").replace(str(number), "[0-9]+")

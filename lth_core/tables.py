@@ -13,20 +13,40 @@ if TYPE_CHECKING:
     from lth_core.training import EpochRecord
 
 
+def weights_line(weights: dict[str, int]) -> str:
+    """How many prunable weights there are and how many are live (`lth_core.live`)."""
+    prunable, live = weights["prunable"], weights["live"]
+    return f"{prunable:,} prunable weights, {live:,} live ({live / prunable:.1%})" if prunable else "no prunable weight"
+
+
+def dead_weights_warning(weights: dict[str, int], input_size: int) -> str | None:
+    """One line when more than 10% of the prunable weights never see data, else None."""
+    prunable, dead = weights["prunable"], weights["prunable"] - weights["live"]
+    if not prunable or dead <= 0.1 * prunable:
+        return None
+    return (f"warning: {dead / prunable:.1%} of the prunable weights only ever see padding at {input_size}x"
+            f"{input_size} input (they still count in the nominal sparsity; see the live sparsity)")
+
+
 def format_levels(summary: dict[str, Any]) -> str:
-    """The per-level table of a draw: sparsity and vanilla LTH accuracy (a draw at initialisation
-    trains nothing: its table has the sparsities only)."""
+    """The per-level table of a draw: sparsity (nominal and among live weights) and vanilla LTH
+    accuracy (a draw at initialisation trains nothing: its table has the sparsities only). A draw
+    stored before live weights were counted shows '-' for them."""
     config = summary["config"]
     method = config.get("pruning", {}).get("method", "imp")
-    lines = [f"ticket {summary['key']}  ({config['model']['arch']} on {config['data']['name']}, {method} masks)",
-             f"{'level':>5}  {'sparsity':>8}  {'best val':>8}  {'test acc':>8}"]
+    weights = summary.get("weights")
+    lines = [f"ticket {summary['key']}  ({config['model']['arch']} on {config['data']['name']}, {method} masks"
+             + (f"; {weights_line(weights)})" if weights else ")"),
+             f"{'level':>5}  {'sparsity':>8}  {'live':>8}  {'best val':>8}  {'test acc':>8}"]
     dense = summary["dense"]
     if dense is not None:
-        lines.append(f"{0:>5}  {0.0:>8.2%}  {dense['best_val_acc']:>8.2%}  {dense['test_acc']:>8.2%}  (dense)")
+        lines.append(f"{0:>5}  {0.0:>8.2%}  {0.0:>8.2%}  {dense['best_val_acc']:>8.2%}  {dense['test_acc']:>8.2%}"
+                     "  (dense)")
     for lv in summary["levels"]:
         accs = (f"{lv['best_val_acc']:>8.2%}  {lv['test_acc']:>8.2%}" if "test_acc" in lv
                 else f"{'-':>8}  {'-':>8}  (mask at initialisation)")
-        lines.append(f"{lv['level']:>5}  {lv['sparsity']:>8.2%}  {accs}")
+        live = f"{lv['live_sparsity']:>8.2%}" if "live_sparsity" in lv else f"{'-':>8}"
+        lines.append(f"{lv['level']:>5}  {lv['sparsity']:>8.2%}  {live}  {accs}")
     return "\n".join(lines)
 
 

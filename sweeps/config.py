@@ -169,18 +169,20 @@ def _paper() -> dict[str, Any]:
     }
 
 
-def _fidelity() -> dict[str, Any]:
-    """Digits on the CPU in the paper's regime (docs/results.md has the pilot that picked it):
-    ResNet-18 x0.0625, 8 epochs, IMP to 97.2% sparsity (16 levels, rate 0.2), spent at 89.3%
-    and 97.2% (levels 10 and 16), where the pilot's vanilla LTH fell 4.7 and 13.6 points below
-    the dense net. Each AT + TRT tweak alone, rewinding alone, AT + TRT (the authors' RepVGG 1x1
-    skip) from init and rewound, the reinit and shuffle controls; IMP, random and SNIP masks;
+def _fidelity_digits() -> dict[str, Any]:
+    """The first CPU fidelity design, on digits (docs/results.md has its run and the pilot that
+    picked it): ResNet-18 x0.0625, 8 epochs, IMP to 97.2% sparsity (16 levels, rate 0.2), spent
+    at 89.3% and 97.2% (levels 10 and 16), where the pilot's vanilla LTH fell 4.7 and 13.6 points
+    below the dense net. Each AT + TRT tweak alone, rewinding alone, AT + TRT (the authors' RepVGG
+    1x1 skip) from init and rewound, the reinit and shuffle controls; IMP, random and SNIP masks;
     5 ticket seeds (a pair = one ticket seed: its mask draw and initialisation, and with the one
-    spend seed the same data order across tweaks); --analyze for Table A1. 300 trials."""
+    spend seed the same data order across tweaks); --analyze for Table A1. 300 trials. At 8x8
+    input 62% of the prunable weights only ever see padding (lth_core.live): `fidelity` moved to
+    Fashion-MNIST for that."""
     gradinit = {"rescale_init": "on"}
     at_trt = {"activation": "swish", "skip": "conv1x1", "label_smoothing": 0.1, **gradinit}
     return {
-        "name": "fidelity",
+        "name": "fidelity-digits",
         "ticket": {"model": {"arch": "resnet18", "width": 0.0625},
                    "recipe": {"epochs": 8, "batch_size": 64, "device": "cpu"},
                    "pruning": {"method": "imp", "rate": 0.2, "levels": 16}, "keep_epochs": [1]},
@@ -197,7 +199,74 @@ def _fidelity() -> dict[str, Any]:
     }
 
 
-PRESETS = {"smoke": _smoke, "paper": _paper, "fidelity": _fidelity}
+def _fidelity_design(gradinit: dict[str, Any]) -> dict[str, Any]:
+    """What `fidelity` and `fidelity-gpu` share: IMP to 97.2% (16 levels, rate 0.2) spent at
+    89.3% and 97.2% (levels 10 and 16); IMP, random and SNIP masks; 5 paired ticket seeds (a pair
+    = one ticket seed, its mask draw and initialisation, with the one spend seed the same data
+    order across combinations); the reinit and shuffle controls, each AT + TRT tweak alone,
+    rewinding alone, and AT + TRT with the identity and with the RepVGG 1x1 skip, each from init
+    and rewound to epoch 1: 12 combinations, 360 trials."""
+    at_trt = {"activation": "swish", "label_smoothing": 0.1, "rescale_init": gradinit}
+    combos = [{}, {"init": "reinit"}, {"init": "shuffle"},
+              {"activation": "swish"}, {"skip": "conv1x1"}, {"label_smoothing": 0.1}, {"rescale_init": gradinit},
+              {"rewind_epoch": 1}]
+    for skip in ("identity", "conv1x1"):
+        combos += [{**at_trt, "skip": skip}, {**at_trt, "skip": skip, "rewind_epoch": 1}]
+    return {
+        "ticket": {"data": {"name": "fashion-mnist"}, "model": {"arch": "resnet18"},
+                   "pruning": {"method": "imp", "rate": 0.2, "levels": 16}, "keep_epochs": [1]},
+        "prune_methods": ["imp", "random", "snip"],
+        "levels": [10, 16],
+        "ticket_seeds": [0, 1, 2, 3, 4],
+        "seeds": [0],
+        "combos": combos,
+        "optuna_trials": 4,
+    }
+
+
+def _fidelity() -> dict[str, Any]:
+    """The paper's claims on Fashion-MNIST on the CPU, where no weight is dead: at 28x28 every
+    3x3 tap of ResNet-18 sees data (layer4 runs on 4x4 maps; lth_core.live), where digits' 8x8
+    left 62% of them over padding. Sized from a pilot to finish in under 60 minutes on the 2-core
+    machine (docs/fidelity.md, "Sizing the Fashion-MNIST fidelity run"):
+    - x0.0625 (43,620 prunable weights, all live; 1,228 left at 97.2%), as on digits: the width
+      at which vanilla LTH falls well below the dense net at these sparsities;
+    - 800 training images (80 per class), 5 epochs at batch 32 with the lr dropped x0.1 at epochs
+      3 and 4: the pilot's dense net reached 70.7% (1,000 images) and every run costs about 6 s of
+      CPU, where batch 64 trained worse in the same time and most of 6 epochs went at lr 0.1;
+    - 600 validation images (val_fraction 0.01) and a fixed 1,000-image test subset: the test set
+      is evaluated at every new best validation accuracy, and the whole 10,000 cost more than the
+      training; every run tests on the same images, so paired differences keep their meaning;
+    - GradInit cut to 20 iterations of 32 images (640 images, most of one epoch of the subset, as
+      the paper's search takes about one epoch of CIFAR), where its default 100 x 128 would cost
+      about 50 s of CPU a spend;
+    - no --analyze (C1 then cannot be judged): its Hessian power iteration costs about 5 s a spend
+      at 28x28, 15 minutes over the grid."""
+    design = _fidelity_design({"iterations": 20, "batch_size": 32})
+    design["ticket"] = deep_merge(design["ticket"], {
+        "data": {"train_size": 800, "val_fraction": 0.01, "test_size": 1000},
+        "model": {"width": 0.0625},
+        "recipe": {"epochs": 5, "batch_size": 32, "milestones": [3, 4], "device": "cpu"}})
+    return {"name": "fidelity", **design, "cpus_per_trial": 1.0}
+
+
+def _fidelity_gpu() -> dict[str, Any]:
+    """`fidelity`'s design on one GPU at full scale: ResNet-18 x0.5 (2.79M prunable weights, all
+    live) on the whole Fashion-MNIST (54,000 training, 6,000 validation and 10,000 test images),
+    2 epochs at batch 128 (lr 0.1, then 0.01; the rewind point, epoch 1, is half of training),
+    GradInit at its defaults, four trials per GPU. 2 epochs is what about 10 minutes of one H200
+    holds for 360 spends and 85 IMP stages: docs/fidelity.md has the estimate and its basis."""
+    design = _fidelity_design({})
+    design["ticket"] = deep_merge(design["ticket"], {
+        "model": {"width": 0.5},
+        "recipe": {"epochs": 2, "batch_size": 128, "device": "cuda"}})
+    # Four at once although graphed trials only take turns on a GPU (docs/benchmarks.md): these
+    # trials last seconds, and the others' start-up (process, CUDA context, MLflow) overlaps them.
+    return {"name": "fidelity-gpu", **design, "cpus_per_trial": 2.0, "gpus_per_trial": 0.25}
+
+
+PRESETS = {"smoke": _smoke, "paper": _paper, "fidelity": _fidelity, "fidelity-digits": _fidelity_digits,
+           "fidelity-gpu": _fidelity_gpu}
 
 # flag -> (dotted field of SweepConfig, kind, help); kinds: lth_core.flags
 FLAGS: FlagTable = {
@@ -209,8 +278,11 @@ FLAGS: FlagTable = {
     "--ray-address": ("ray_address", str, "'local' (default) starts Ray in-process; 'auto' or an address joins a "
                                           "cluster; a driver started by `ray job submit` joins its cluster"),
     "--num-cpus": ("num_cpus", int, "CPUs of the in-process Ray (0 = all)"),
-    "--data-root": ("ticket.data.root", str, "folder with CIFAR or Tiny-ImageNet (preset paper: $LTH_DATA_ROOT)"),
-    "--dataset": ("ticket.data.name", str, "digits | cifar10 | cifar100 | tinyimagenet"),
+    "--data-root": ("ticket.data.root", str, "folder with the data set's files (preset paper: $LTH_DATA_ROOT; "
+                                             "fashion-mnist: /usr/share/datasets/fashion-mnist when not set)"),
+    "--dataset": ("ticket.data.name", str, "digits | mnist | fashion-mnist | cifar10 | cifar100 | tinyimagenet"),
+    "--train-size": ("ticket.data.train_size", int, "train on a seeded, stratified subset of this many images "
+                                                    "(0 = all)"),
     "--arch": ("ticket.model.arch", str, "resnet18 | resnet34 | vgg16 | mobilenet"),
     "--width": ("ticket.model.width", float, "width multiplier"),
     "--epochs": ("ticket.recipe.epochs", int, "epochs of the dense run and each IMP level"),
@@ -236,8 +308,10 @@ FLAGS: FlagTable = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS),
-                        help="starting point: smoke (digits, CPU, minutes), fidelity (digits, CPU, the paper's "
-                             "regime and claims, about 40 minutes on 2 cores) or paper (CIFAR-100, GPUs) "
+                        help="starting point: smoke (digits, CPU, minutes), fidelity (Fashion-MNIST, CPU, the "
+                             "paper's claims where no weight is dead, under an hour on 2 cores), fidelity-digits "
+                             "(the first, digits design of docs/results.md), fidelity-gpu (fidelity's design on "
+                             "the whole Fashion-MNIST, about 10 minutes on one H200) or paper (CIFAR-100, GPUs) "
                              "(default: smoke)")
     parser.add_argument("--config", help="YAML or JSON file with SweepConfig fields, laid over the preset")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

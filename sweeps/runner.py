@@ -243,7 +243,10 @@ def _ticket_kinds(tickets: list[TicketConfig]) -> list[str]:
     """One plan line per kind of ticket (alike but for the seed): 15 draws read as 3 lines."""
     kinds: dict[str, list[TicketConfig]] = {}
     for t in tickets:
-        what = (f"{t.data.name}, {t.model.arch} x{t.model.width:g}, "
+        subsets = [f"{n} {split} images" for n, split in ((t.data.train_size, "training"), (t.data.test_size, "test"))
+                   if n]
+        data = f"{t.data.name} ({', '.join(subsets)})" if subsets else t.data.name
+        what = (f"{data}, {t.model.arch} x{t.model.width:g}, "
                 + (f"{t.num_levels} {t.pruning.method} masks at initialisation, no training"
                    if t.pruning.source.at_init else
                    f"{t.num_levels} {t.pruning.method.upper()} levels, {t.recipe.epochs} epochs each"

@@ -1,10 +1,12 @@
 """Shared fixtures. Torch runs single-threaded in tests: on 2 shared cores, OpenMP threads
 spinning against each other make small models hundreds of times slower."""
 
+import gzip
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -22,6 +24,40 @@ def tiny_ticket(**changes) -> TicketConfig:
                   pruning=PruneConfig(levels=2), keep_epochs=(1,))
     fields.update(changes)
     return TicketConfig(**fields)
+
+
+IDX_STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+TINY_COUNTS = {"train": 40, "test": 10}
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    """An IDX file: the magic number, each dimension as a big-endian int32, then the bytes."""
+    return (magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+            + array.astype(np.uint8).tobytes())
+
+
+def write_idx_set(folder, counts=None, gz=True, seed=0):
+    """The four official files (gzipped or raw) with `counts` images per split, every class present."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split, (images_stem, labels_stem) in IDX_STEMS.items():
+        n = (counts or TINY_COUNTS)[split]
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n) % 10
+        for stem, data in ((images_stem, idx_bytes(images, 0x803)), (labels_stem, idx_bytes(labels, 0x801))):
+            (folder / (stem + ".gz" * gz)).write_bytes(gzip.compress(data) if gz else data)
+        written[split] = images, labels
+    return written
+
+
+@pytest.fixture
+def tiny_idx(monkeypatch):
+    """The official MNIST counts (60,000 and 10,000 images) lowered to `TINY_COUNTS`."""
+    from lth_core import data
+
+    monkeypatch.setattr(data, "IDX_COUNTS", TINY_COUNTS)
 
 
 def revived_layers(weights, mask) -> list[str]:

@@ -85,7 +85,7 @@ def write_config(tmp_path: Path, case: str) -> Path:
 
 CORE = [
     # (id, argv (STORE: the test's store), words the message must hold)
-    ("unknown-dataset", ["draw", "--dataset", "mnist"], ["data.name", "--dataset"]),
+    ("unknown-dataset", ["draw", "--dataset", "imagenet"], ["data.name", "--dataset"]),
     ("cifar-without-root", ["draw", "--dataset", "cifar10"], ["--data-root"]),
     ("negative-lr", ["draw", "--lr", "-1"], ["recipe.lr", "--lr"]),
     ("zero-epochs", ["draw", "--epochs", "0"], ["--epochs"]),
@@ -366,7 +366,8 @@ def test_the_sweep_help_shows_real_defaults(capsys):
         full_grid.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in out
-    assert "(default: smoke 0.25; paper 1; fidelity 0.0625)" in out and "(default: smoke 5; paper 16; fidelity 16)" in out
+    assert "(default: smoke 0.25; paper 1; fidelity 0.0625; fidelity-digits 0.0625; fidelity-gpu 0.5)" in out
+    assert "(default: smoke 5; paper 16; fidelity 16; fidelity-digits 16; fidelity-gpu 16)" in out
 
 
 # ------------------------------------------------------------------------------ the report
@@ -422,3 +423,79 @@ def test_a_corrupt_tracking_db_is_found_by_the_probe(tmp_path):
     (tmp_path / "bad.db").write_bytes(b"garbage" * 200)
     with pytest.raises(runner.SweepError, match="not a usable sqlite database"):
         preflight.check_tracking(f"sqlite:///{tmp_path / 'bad.db'}")
+
+
+# ------------------------------------------------------------------------------ IDX data sets (MNIST, Fashion-MNIST)
+
+IDX_DAMAGE = {
+    # id: (file of the tiny MNIST set, its new bytes, or None to delete it)
+    "no-test-labels": ("t10k-labels-idx1-ubyte.gz", None),
+    "not-gzip": ("train-images-idx3-ubyte.gz", b"\x1f\x8b not really gzip"),
+    "wrong-magic": ("train-labels-idx1-ubyte.gz", __import__("gzip").compress(b"\x00\x00\x08\x03" + bytes(44))),
+}
+
+
+def idx_set(tmp_path: Path, damage: str) -> Path:
+    """The tiny MNIST set of conftest.write_idx_set in its own folder, one file damaged or deleted."""
+    from conftest import write_idx_set
+
+    root = tmp_path / "data"
+    write_idx_set(root)
+    name, content = IDX_DAMAGE[damage]
+    if content is None:
+        (root / name).unlink()
+    else:
+        (root / name).write_bytes(content)
+    return root
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("no-test-labels", ["t10k-labels-idx1-ubyte", "not found", "yann.lecun.com", "--data-root"]),
+    ("not-gzip", ["train-images-idx3-ubyte.gz", "gzip", "--data-root"]),
+    ("wrong-magic", ["train-labels-idx1-ubyte.gz", "not an IDX label file", "--data-root"]),
+])
+@pytest.mark.parametrize("command", ["draw", "spend"])
+def test_a_missing_or_damaged_idx_file_is_named(capsys, tmp_path, tiny_idx, damage, words, command):
+    root = idx_set(tmp_path, damage)
+    code, err = run_core(capsys, [command, *TINY_TICKET, "--dataset", "mnist", "--data-root", str(root),
+                                  "--store", str(tmp_path / "store")])
+    assert_one_error(code, err, words)
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(capsys, tmp_path, monkeypatch):
+    from lth_core import config
+
+    monkeypatch.setitem(config.DEFAULT_ROOTS, "fashion-mnist", str(tmp_path / "not-installed"))
+    code, err = run_core(capsys, ["draw", *TINY_TICKET, "--dataset", "fashion-mnist",
+                                  "--store", str(tmp_path / "store")])
+    assert_one_error(code, err, ["not-installed", "apt-get install dataset-fashion-mnist",
+                                 "github.com/zalandoresearch/fashion-mnist", "--data-root"])
+
+
+def test_mnist_needs_a_data_root(capsys, tmp_path):
+    code, err = run_core(capsys, ["draw", "--dataset", "mnist", "--store", str(tmp_path / "store")])
+    assert_one_error(code, err, ["data.root", "--data-root"])
+
+
+def test_a_train_size_larger_than_the_data_set_is_refused(capsys, tmp_path, tiny_idx):
+    from conftest import write_idx_set
+
+    write_idx_set(tmp_path / "data")
+    code, err = run_core(capsys, ["draw", *TINY_TICKET, "--dataset", "mnist", "--data-root", str(tmp_path / "data"),
+                                  "--train-size", "100", "--store", str(tmp_path / "store")])
+    assert_one_error(code, err, ["data.train_size", "--train-size", "36 training images"])
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("no-test-labels", ["t10k-labels-idx1-ubyte", "--data-root"]),
+    ("wrong-magic", ["train-labels-idx1-ubyte.gz", "not an IDX label file"]),
+])
+@pytest.mark.parametrize("main", [full_grid.main, optuna_search.main], ids=["grid", "optuna"])
+def test_a_sweep_refuses_a_bad_idx_set_before_ray_starts(tmp_path, monkeypatch, tiny_idx, main, damage, words):
+    root = idx_set(tmp_path, damage)
+    argv = sweep_argv(tmp_path, "--dataset", "mnist", "--data-root", str(root), "--set", "ticket.recipe.batch_size=16")
+    code, out, err = run_sweep(main, tmp_path, argv, monkeypatch)
+    assert_one_error(code, err, words)
+    assert out == ""
+    nothing_written(tmp_path)

@@ -47,7 +47,7 @@ def test_config_file_and_flags_compose(drawn, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["draw", "--dataset", "mnist"], "data.name: unknown value 'mnist'"),
+    (["draw", "--dataset", "imagenet"], "data.name: unknown value 'imagenet'"),
     (["draw", "--dataset", "cifar10"], "--data-root"),
     (["draw", "--lr", "-1"], "recipe.lr: must be > 0"),
     (["draw", "--epochs", "4", "--milestones", "2,9"], "past the last epoch"),

@@ -63,8 +63,11 @@ def test_replace_with_dotted_paths():
 
 
 @pytest.mark.parametrize("build, field, words", [
-    (lambda: DataConfig(name="mnist"), "data.name", "allowed: digits"),
+    (lambda: DataConfig(name="imagenet"), "data.name", "allowed: digits"),
     (lambda: DataConfig(name="cifar10"), "data.root", "--data-root"),
+    (lambda: DataConfig(name="mnist"), "data.root", "--data-root"),
+    (lambda: DataConfig(train_size=-1), "data.train_size", ">= 0"),
+    (lambda: DataConfig(test_size=-1), "data.test_size", ">= 0"),
     (lambda: ModelConfig(arch="resnet50"), "model.arch", "resnet18"),
     (lambda: RecipeConfig(lr=-0.1), "recipe.lr", "> 0"),
     (lambda: RecipeConfig(weight_decay=-1.0), "recipe.weight_decay", ">= 0"),

@@ -23,6 +23,7 @@ from tracking.probe import redact
 EXPERIMENT = "sweep-test"
 SETTING = {"dataset": "digits", "arch": "resnet20", "width": "0.25", "prune_method": "imp"}
 SPARSITY = {1: 0.2, 2: 0.36, 3: 0.488}
+LIVE_SPARSITY = {1: 0.1, 2: 0.25, 3: 0.4}  # the main experiment's spends log these too
 DENSE = {0: 0.90, 1: 0.92}  # per seed: mean 0.91, std 0.01 * sqrt(2)
 # Mean test accuracy per level; seed 0 logs mean - 0.005, seed 1 mean + 0.005.
 ACC = {
@@ -65,11 +66,11 @@ class Store:
     def draw(self, exp: str, parent: str, seed: int, dense: float, vanilla: dict[int, float]) -> str:
         run = self.client.create_run(exp, run_name=f"draw-s{seed}", tags={
             L.PARENT_RUN_ID: parent, "stage": "draw", "ticket_key": f"tk{seed}", "tweak": "vanilla"})
-        params = {**SETTING, "seed": str(seed), "levels": str(len(vanilla))}
+        params = {**SETTING, "seed": str(seed), "levels": str(len(vanilla)), **platform(seed)}
         metrics = [("dense_test_acc", dense, 0), ("dense_best_val_acc", dense, 0), ("wall_seconds", 5.0, 0)]
         for level, acc in vanilla.items():
             metrics += [("vanilla_test_acc", acc, level), ("vanilla_best_val_acc", acc, level),
-                        ("level_sparsity", SPARSITY[level], level)]
+                        ("level_sparsity", SPARSITY[level], level), ("level_live_sparsity", LIVE_SPARSITY[level], level)]
         self._log(run.info.run_id, params, metrics, self.t0)
         self.client.set_terminated(run.info.run_id)
         return run.info.run_id
@@ -77,15 +78,18 @@ class Store:
     def spend(self, exp: str, parent: str, tweak: str, level: int, seed: int, acc: float | None,
               dense: float = 0.91, vanilla: float | None = 0.9, running: bool = False,
               per_epoch: dict[str, list[float]] | None = None, final_extra: dict[str, float] | None = None,
-              final_step: int = 0) -> str:
+              final_step: int = 0, live: bool = False) -> str:
         """`per_epoch` adds metrics logged with the epochs (one value per epoch, as --hessian-every
         does), `final_extra` metrics logged with the final ones at `final_step` under their final
-        names (as --analyze does: `act_sparsity` -> `final_act_sparsity`)."""
+        names (as --analyze does: `act_sparsity` -> `final_act_sparsity`). `live`: the run logs
+        its live sparsity and platform, as runs have since they were recorded."""
         run = self.client.create_run(exp, run_name=f"{tweak}-L{level}-s{seed}", tags={
             L.PARENT_RUN_ID: parent, "stage": "spend", "ticket_key": f"tk{seed}",
             "spend_key": f"{tweak}-{level}-{seed}", "tweak": tweak})
         params = {**SETTING, "seed": str(seed), "level": str(level), "sparsity": f"{SPARSITY[level]:.6f}",
                   **tweaks.mlflow_params(tweaks.from_params(TWEAK_PARAMS[tweak]))}
+        if live:
+            params.update({"live_sparsity": f"{LIVE_SPARSITY[level]:.6f}", **platform(seed)})
         # Per-epoch test_acc well below the final one: the report must take the final value.
         epochs = [(name, 0.1 + 0.1 * e, e) for e in range(EPOCHS) for name in ("train_loss", "val_acc", "test_acc")]
         epochs += [(name, values[e], e) for name, values in (per_epoch or {}).items() for e in range(len(values))]
@@ -105,6 +109,11 @@ class Store:
     def _log(self, run_id: str, params: dict, metrics: list, t0: int) -> None:
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
                               metrics=[Metric(k, v, t0 + 1000 * step + i, step) for i, (k, v, step) in enumerate(metrics)])
+
+
+def platform(seed: int) -> dict[str, str]:
+    """The platform params of a run: seed 1's ran on two threads, seed 0's on one."""
+    return L.platform_params({"cpu": "AMD EPYC", "cpu_capability": "AVX512", "threads": str(1 + seed)})
 
 
 def make_optuna(storage: str, prefix: str) -> None:
@@ -160,7 +169,7 @@ def store(tmp_path_factory) -> Store:
         for level, mean in levels.items():
             for seed in DENSE:
                 store.spend(exp, store.parent_id, tweak, level, seed, mean + (0.01 * seed - 0.005),
-                            dense=DENSE[seed], vanilla=ACC["vanilla"][level] - 0.01)
+                            dense=DENSE[seed], vanilla=ACC["vanilla"][level] - 0.01, live=True)
     store.spend(exp, store.parent_id, "swish", 3, 2, None, running=True)
 
     single = store.experiment("single-seed")
@@ -217,13 +226,14 @@ def test_trials_table(built):
                    "level", "sparsity", *(t.name for t in tweaks.REGISTRY),  # a column per registered tweak
                    "test_acc", "best_val_acc", "device_seconds", "dense_test_acc", "vanilla_test_acc"]:
         assert column in trials.columns, column
-    for column in ["seed", "level", "sparsity", "label_smoothing", "rewind_epoch", "width"]:
+    for column in ["seed", "level", "sparsity", "live_sparsity", "label_smoothing", "rewind_epoch", "width"]:
         assert pd.api.types.is_numeric_dtype(trials[column]), column
     assert set(trials["kd"].dropna()) == {"off"}
     spends = trials[(trials["stage"] == "spend") & (trials["status"] == "FINISHED")]
     row = spends[spends["spend_key"] == "swish-3-1"].iloc[0]
     assert row["test_acc"] == pytest.approx(0.885)  # the final value, not the last epoch's 0.2
     assert row["sparsity"] == pytest.approx(0.488) and row["level"] == 3
+    assert row["live_sparsity"] == pytest.approx(0.4) and row["platform.threads"] == 2
     running = trials[trials["status"] == "RUNNING"]
     assert len(running) == 1 and running["test_acc"].isna().all() and not running["final"].any()
 
@@ -493,3 +503,41 @@ def test_optuna_studies_of_every_ticket_seed_are_read(tmp_path):
     levels, note = collect.optuna_from_tags({"optuna_storage": storage, "optuna_study_prefix": "s-ticket0",
                                              "optuna_study_prefixes": "s-ticket0,s-ticket1"})
     assert note is None and [lv.study for lv in levels] == ["s-ticket0-level2", "s-ticket1-level2"]
+
+
+# ------------------------------------------------------------------------------ live weights, platforms
+
+
+def test_the_report_plots_against_either_sparsity(sweep, result, store, tmp_path):
+    live = analysis.analyze(sweep.trials, sweep.draw_levels, sparsity="live")
+    assert live.sparsity_axis == "live" and result.sparsity_axis == "nominal"
+    by_level = live.summary.groupby("level")["sparsity"].mean().to_dict()
+    assert by_level == pytest.approx(LIVE_SPARSITY)
+    assert list(analysis.matrix(live.gains, "gain_pp").columns) == [10.0, 25.0, 40.0]
+    # The same accuracies and gains, only the axis moves.
+    assert live.gains["gain_pp"].tolist() == pytest.approx(result.gains["gain_pp"].tolist())
+    out = tmp_path / "live"
+    assert report.main(["--experiment", EXPERIMENT, "--tracking-uri", store.uri, "--out", str(out),
+                        "--sparsity", "live", "--no-log-artifacts"]) == 0
+    page = (out / "report.html").read_text()
+    assert "sparsity among live weights (those an input" in page and (out / "gain_heatmap.png").is_file()
+
+
+def test_both_sparsities_and_the_platforms_are_in_the_overview(sweep, built):
+    levels = analysis.level_sparsities(sweep.trials).set_index("level")
+    assert levels["sparsity"].to_dict() == pytest.approx(SPARSITY)
+    assert levels["live_sparsity"].to_dict() == pytest.approx(LIVE_SPARSITY)
+    machines = analysis.platforms(sweep.trials)
+    # seeds 0 and 1 on one and two threads; the running spend has logged none yet
+    assert machines[["threads", "draw", "spend"]].values.tolist() == [["1", 1, 15], ["2", 1, 15], ["–", 0, 1]]
+    page = (built / "report.html").read_text()
+    assert "live sparsity (%)" in page and "25.00" in page and "AVX512" in page
+
+
+def test_live_axis_without_live_sparsity_is_refused(store, tmp_path, capsys):
+    code = report.main(["--experiment", "single-seed", "--tracking-uri", store.uri, "--out", str(tmp_path / "r"),
+                        "--sparsity", "live", "--no-log-artifacts"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--sparsity live" in err and "--sparsity nominal" in err
+    assert not (tmp_path / "r").exists()
+    assert analysis.platforms(collect.load_sweep(collect.connect(store.uri), "single-seed").trials).empty

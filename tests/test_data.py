@@ -14,8 +14,10 @@ import torch
 
 from lth_core import data
 from lth_core.config import ConfigError, DataConfig
-from lth_core.data import (CIFAR_URL, TINYIMAGENET_URL, Dataset, DatasetFormatError, DatasetNotFoundError,
-                           RestrictedUnpickler, iterate_batches, load_dataset, normalize, num_batches)
+from conftest import idx_bytes, write_idx_set
+from lth_core.data import (CIFAR_URL, FASHION_MNIST_URL, MNIST_URL, TINYIMAGENET_URL, Dataset, DatasetFormatError,
+                           DatasetNotFoundError, RestrictedUnpickler, iterate_batches, load_dataset, normalize,
+                           num_batches)
 
 
 def _rows(*images: torch.Tensor) -> collections.Counter:
@@ -181,6 +183,131 @@ def test_restricted_unpickler_refuses_other_globals_without_running_them(tmp_pat
     with pytest.raises(DatasetFormatError, match="refusing to load global"):
         _fresh(DataConfig(name="cifar10", root=str(folder)))
     assert not marker.exists()
+
+
+# ------------------------------------------------------------ MNIST-like
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_reader_gzipped_and_raw(tmp_path, tiny_idx, name, gz):
+    written = write_idx_set(tmp_path / name, gz=gz)
+    ds = _fresh(DataConfig(name=name, root=str(tmp_path)))  # the parent of <name>/ works too
+    flip = name == "fashion-mnist"
+    assert (ds.num_classes, ds.in_channels, ds.image_size, ds.flip, ds.crop_padding) == (10, 1, 28, flip, 2)
+    assert (len(ds.train_y), len(ds.val_y), len(ds.test_y)) == (36, 4, 10)
+    assert ds.train_x.dtype == torch.uint8 and ds.train_x.shape[1:] == (1, 28, 28)
+    images, labels = written["test"]
+    assert torch.equal(ds.test_x[:, 0], torch.from_numpy(images)) and ds.test_y.tolist() == labels.tolist()
+    assert _rows(ds.train_x, ds.val_x) == _rows(torch.from_numpy(written["train"][0]).unsqueeze(1))
+    assert (ds.mean, ds.std) == (((0.2860,), (0.3530,)) if flip else ((0.1307,), (0.3081,)))
+
+
+def test_fashion_mnist_default_root(tmp_path, tiny_idx, monkeypatch):
+    from lth_core import config
+
+    write_idx_set(tmp_path)
+    monkeypatch.setitem(config.DEFAULT_ROOTS, "fashion-mnist", str(tmp_path))
+    assert len(_fresh(DataConfig(name="fashion-mnist")).test_y) == 10
+    monkeypatch.setitem(config.DEFAULT_ROOTS, "fashion-mnist", str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetNotFoundError) as info:
+        _fresh(DataConfig(name="fashion-mnist"))
+    assert "dataset-fashion-mnist" in str(info.value) and FASHION_MNIST_URL in str(info.value)
+    with pytest.raises(ConfigError, match="data.root"):
+        DataConfig(name="mnist")  # no default location: the folder must be named
+
+
+def _break(folder, stem, change):
+    path = folder / stem
+    path.write_bytes(change(path.read_bytes()))
+
+
+BROKEN_IDX = {
+    # id: (file, change to its raw bytes, words the error holds)
+    "image-magic": ("train-images-idx3-ubyte", lambda b: b"\x00\x00\x08\x01" + b[4:],
+                    ["train-images-idx3-ubyte", "not an IDX image file", "0x00000801"]),
+    "label-magic": ("t10k-labels-idx1-ubyte", lambda b: b"\x00\x00\x08\x03" + b[4:],
+                    ["t10k-labels-idx1-ubyte", "not an IDX label file"]),
+    "empty": ("train-labels-idx1-ubyte", lambda b: b"", ["train-labels-idx1-ubyte", "shorter than a header"]),
+    "truncated": ("train-images-idx3-ubyte", lambda b: b[:-100], ["train-images-idx3-ubyte", "truncated"]),
+    "too-long": ("t10k-images-idx3-ubyte", lambda b: b + b"\x00", ["t10k-images-idx3-ubyte", "header says"]),
+    "not-28x28": ("t10k-images-idx3-ubyte", lambda b: idx_bytes(np.zeros((10, 32, 32)), 0x803),
+                  ["t10k-images-idx3-ubyte", "32x32, expected 28x28"]),
+    "label-10": ("train-labels-idx1-ubyte", lambda b: b[:-1] + b"\x0a",
+                 ["train-labels-idx1-ubyte", r"labels must be in [0, 9], got 10"]),
+    "counts-disagree": ("t10k-labels-idx1-ubyte", lambda b: idx_bytes(np.zeros(9), 0x801),
+                        ["t10k-images-idx3-ubyte", "10 images", "t10k-labels-idx1-ubyte", "9 labels"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_IDX))
+def test_idx_format_errors_name_the_file(tmp_path, tiny_idx, case):
+    write_idx_set(tmp_path, gz=False)
+    stem, change, words = BROKEN_IDX[case]
+    _break(tmp_path, stem, change)
+    with pytest.raises(DatasetFormatError) as info:
+        _fresh(DataConfig(name="mnist", root=str(tmp_path)))
+    assert all(w in str(info.value) for w in words), (words, str(info.value))
+
+
+def test_idx_official_counts_and_gzip_are_checked(tmp_path):
+    write_idx_set(tmp_path)  # 40 training images: not the official 60,000
+    with pytest.raises(DatasetFormatError, match=r"train-images-idx3-ubyte.gz: 40 images, expected 60000"):
+        _fresh(DataConfig(name="fashion-mnist", root=str(tmp_path)))
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DatasetFormatError, match="t10k-images-idx3-ubyte.gz: not a readable gzip file"):
+        data._read_idx(tmp_path / "t10k-images-idx3-ubyte.gz", data.IDX_IMAGE_MAGIC)
+
+
+def test_idx_missing_file_says_where_to_get_it(tmp_path):
+    write_idx_set(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    for name, url in (("mnist", MNIST_URL), ("fashion-mnist", FASHION_MNIST_URL)):
+        with pytest.raises(DatasetNotFoundError) as info:
+            data.check_files(DataConfig(name=name, root=str(tmp_path)))
+        message = str(info.value)
+        assert "t10k-labels-idx1-ubyte" in message and url in message and "--data-root" in message
+        assert ("dataset-fashion-mnist" in message) == (name == "fashion-mnist")
+
+
+def test_train_size_is_a_stratified_subset(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "IDX_COUNTS", {"train": 200, "test": 10})
+    write_idx_set(tmp_path, counts=data.IDX_COUNTS)
+    full = _fresh(DataConfig(name="mnist", root=str(tmp_path)))
+    part = _fresh(DataConfig(name="mnist", root=str(tmp_path), train_size=50))
+    assert len(part.train_y) == 50 and part.train_y.bincount().tolist() == [5] * 10
+    assert torch.equal(part.val_x, full.val_x) and torch.equal(part.test_x, full.test_x)
+    assert not _rows(part.train_x) - _rows(full.train_x)  # drawn from the same train part
+    again = _fresh(DataConfig(name="mnist", root=str(tmp_path), train_size=50))
+    assert torch.equal(again.train_x, part.train_x)
+    with pytest.raises(ConfigError, match="data.train_size"):
+        _fresh(DataConfig(name="mnist", root=str(tmp_path), train_size=181))
+
+
+def test_test_size_is_one_fixed_stratified_subset(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "IDX_COUNTS", {"train": 40, "test": 100})
+    write_idx_set(tmp_path, counts=data.IDX_COUNTS)
+    full = _fresh(DataConfig(name="mnist", root=str(tmp_path)))
+    part = _fresh(DataConfig(name="mnist", root=str(tmp_path), test_size=30))
+    assert len(part.test_y) == 30 and part.test_y.bincount().tolist() == [3] * 10
+    assert not _rows(part.test_x) - _rows(full.test_x) and torch.equal(part.train_x, full.train_x)
+    other_split = _fresh(DataConfig(name="mnist", root=str(tmp_path), test_size=30, split_seed=5))
+    assert torch.equal(other_split.test_x, part.test_x)  # every config of one size tests on the same images
+    with pytest.raises(ConfigError, match="data.test_size"):
+        _fresh(DataConfig(name="mnist", root=str(tmp_path), test_size=101))
+
+
+REAL_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_FASHION_MNIST), reason="the Debian package dataset-fashion-mnist is "
+                                                                  "not installed")
+def test_real_fashion_mnist_files():
+    ds = _fresh(DataConfig(name="fashion-mnist"))
+    assert (len(ds.train_y) + len(ds.val_y), len(ds.val_y), len(ds.test_y)) == (60000, 6000, 10000)
+    assert ds.test_y.bincount().tolist() == [1000] * 10
+    pixels = torch.cat([ds.train_x, ds.val_x]).double() / 255  # the statistics stated in lth_core/data.py
+    assert pixels.mean().item() == pytest.approx(ds.mean[0], abs=5e-5)
+    assert pixels.std().item() == pytest.approx(ds.std[0], abs=5e-5)
 
 
 # ---------------------------------------------------------- Tiny-ImageNet

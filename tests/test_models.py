@@ -11,8 +11,8 @@ from lth_core.config import ARCHS, ModelConfig
 from lth_core.masks import prunable_names
 from lth_core.models import ConvUnit, build_model
 
-# (in_channels, image_size, num_classes): digits, CIFAR, Tiny-ImageNet.
-INPUTS = [(1, 8, 10), (3, 32, 10), (3, 64, 200)]
+# (in_channels, image_size, num_classes): digits, MNIST and Fashion-MNIST, CIFAR, Tiny-ImageNet.
+INPUTS = [(1, 8, 10), (1, 28, 10), (3, 32, 10), (3, 64, 200)]
 
 
 def small(arch: str, in_channels: int = 3, image_size: int = 32, num_classes: int = 10,
@@ -115,12 +115,15 @@ def test_mobilenet_depthwise_and_strides():
     assert strides == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 1, 1]  # 8 -> 4 -> 2 -> 1, then no more halving
     strides32 = [b.depthwise.conv.stride[0] for b in small("mobilenet", image_size=32).blocks]
     assert strides32 == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+    strides28 = [b.depthwise.conv.stride[0] for b in small("mobilenet", in_channels=1, image_size=28).blocks]
+    assert strides28 == strides32  # 28 -> 14 -> 7 -> 4 -> 2
 
 
 def test_vgg_skips_pools_only_for_small_inputs():
     pools = lambda m: sum(isinstance(x, nn.MaxPool2d) for x in m.features)  # noqa: E731
     assert pools(small("vgg16", image_size=32)) == 5
     assert pools(small("vgg16", in_channels=1, image_size=8)) == 3
+    assert pools(small("vgg16", in_channels=1, image_size=28)) == 4  # 28 -> 14 -> 7 -> 3 -> 1
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -149,3 +152,41 @@ def test_prunable_names_are_every_conv_weight(arch):
 def test_unknown_arch_rejected_by_config():
     with pytest.raises(ValueError, match="model.arch"):
         ModelConfig("alexnet")
+
+
+# ------------------------------------------------------------------ 28x28x1 (MNIST, Fashion-MNIST)
+
+FAMILIES = ["resnet18", "vgg16", "mobilenet"]
+
+
+def tweak_examples() -> dict[str, dict]:
+    """Every registered tweak switched on (its declared example; both skips), sized for 36 images."""
+    from lth_core.tweaks import REGISTRY
+
+    examples = {t.name: {t.name: t.example} for t in REGISTRY}
+    examples["rescale_init"] = {"rescale_init": {"iterations": 2, "batch_size": 8}}
+    examples["skip-conv1x1"] = {"skip": "conv1x1"}
+    examples["shuffle"] = {"init": "shuffle"}
+    return examples
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_every_family_and_tweak_spends_at_28x28x1(tmp_path, tiny_idx, arch):
+    """A tiny MNIST-shaped draw per family, then one epoch of every tweak on its level-1 mask."""
+    from conftest import write_idx_set
+    from lth_core import tweaks
+    from lth_core.config import DataConfig, PruneConfig, RecipeConfig, SpendConfig, TicketConfig
+    from lth_core.lottery import spend
+    from lth_core.store import ArtifactStore
+
+    write_idx_set(tmp_path / "mnist")
+    ticket = TicketConfig(data=DataConfig(name="mnist", root=str(tmp_path / "mnist")),
+                          model=ModelConfig(arch, 0.0625), recipe=RecipeConfig(epochs=2, batch_size=16, device="cpu"),
+                          pruning=PruneConfig(levels=1), keep_epochs=(1,))
+    store = ArtifactStore(str(tmp_path / "store"))
+    for name, flat in tweak_examples().items():
+        config = SpendConfig(ticket=ticket, level=1, recipe=RecipeConfig(epochs=1, batch_size=16, device="cpu"),
+                             tweaks=tweaks.from_flat(flat))
+        result = spend(config, store)
+        assert result["sparsity"] == pytest.approx(0.2, abs=0.01), name
+        assert 0 <= result["test_acc"] <= 1, name

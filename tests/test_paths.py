@@ -18,6 +18,7 @@ K = "0123abcd"
 PINNED = [
     (paths.ticket_dir(K), "tickets/0123abcd"),
     (paths.ticket_config(K), "tickets/0123abcd/config.json"),
+    (paths.live_weights(K), "tickets/0123abcd/live.safetensors"),
     (paths.dense_dir(K), "tickets/0123abcd/dense"),
     (paths.rewind_weights(K, 0), "tickets/0123abcd/dense/rewind_0.safetensors"),
     (paths.rewind_weights(K, 33), "tickets/0123abcd/dense/rewind_33.safetensors"),
@@ -55,7 +56,7 @@ def test_a_key_that_would_leave_its_folder_is_refused(key):
 
 def test_every_file_of_the_layout_and_nothing_else_is_the_store_s():
     files = [built for built, expected in PINNED if "." in expected.rsplit("/", 1)[-1]]
-    assert len(files) == 15 and all(paths.is_layout_file(f) for f in files)
+    assert len(files) == 16 and all(paths.is_layout_file(f) for f in files)
     assert all(paths.finished_mark(f) in (paths.ticket_summary(K), paths.spend_result(K)) for f in files)
     for other in ("README.txt", "tickets/notes.txt", "tickets/0123abcd/README.md", "tickets/notes/config.json",
                   "tickets/0123abcd/level_1/mask.safetensors.bak", "tickets/0123abcd/level_1/mask.safetensors.sha256",
@@ -91,7 +92,8 @@ def test_a_store_written_by_draw_and_spend_is_found_by_these_paths(tmp_path):
     summary = draw(ticket, store, on_stage_epoch)
     levels = range(1, ticket.num_levels + 1)
     assert checkpoints_seen == {paths.dense_checkpoint(key), *(paths.level_checkpoint(key, lv) for lv in levels)}
-    expected = {paths.ticket_config(key), paths.ticket_summary(key), paths.dense_final(key), paths.dense_metrics(key),
+    expected = {paths.ticket_config(key), paths.ticket_summary(key), paths.live_weights(key),
+                paths.dense_final(key), paths.dense_metrics(key),
                 *(paths.rewind_weights(key, e) for e in ticket.rewind_epochs),
                 *(f for lv in levels for f in (paths.level_mask(key, lv), paths.level_final(key, lv),
                                                paths.level_metrics(key, lv)))}

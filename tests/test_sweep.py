@@ -33,9 +33,11 @@ from tracking import layout as L
 EPOCHS = 2
 TINY = ["--width", "0.125", "--epochs", str(EPOCHS), "--num-levels", "2", "--prune-methods", "imp", "--levels", "1,2",
         "--set", "ticket.recipe.batch_size=128", "--set", 'combos=[{}, {"activation": "swish"}]']
+PLATFORM_PARAMS = {f"platform.{name}" for name in ("cpu", "cpu_flags", "cpu_capability", "torch", "blas", "threads")}
 SPEND_PARAMS = {"dataset", "arch", "width", "seed", "ticket_seed", "prune_method", "level", "sparsity",
-                *mlflow_params(TweakConfig())}  # one per registered tweak
-DRAW_PARAMS = {"dataset", "arch", "width", "seed", "ticket_seed", "prune_method", "levels"}
+                "live_sparsity", *mlflow_params(TweakConfig()), *PLATFORM_PARAMS}  # one per registered tweak
+DRAW_PARAMS = {"dataset", "arch", "width", "seed", "ticket_seed", "prune_method", "levels", "prunable_weights",
+               "live_weights", *PLATFORM_PARAMS}
 FINAL_METRICS = {"final_best_val_acc", "final_test_acc", "final_wall_seconds", "final_device_seconds",
                  "final_vanilla_test_acc", "final_dense_test_acc"}
 
@@ -145,11 +147,12 @@ def test_spend_runs_carry_the_documented_params_and_metrics(grid):
         tweaks = {"activation": "swish"} if tags["tweak"] == "swish" else {}
         key = spend_key(level, **tweaks)
         assert tags["spend_key"] == key and tags["ticket_key"] == grid.ticket.key
+        result = grid.store.read_json(f"spends/{key}/result.json")
         assert params == {"dataset": "digits", "arch": "resnet18", "width": "0.125", "seed": "0", "ticket_seed": "0",
                           "prune_method": "imp", "level": str(level),
                           "sparsity": f"{levels[level]['sparsity']:.6f}",  # measured, not the target
-                          **mlflow_params(TweakConfig(**tweaks))}
-        result = grid.store.read_json(f"spends/{key}/result.json")
+                          "live_sparsity": f"{levels[level]['live_sparsity']:.6f}",
+                          **mlflow_params(TweakConfig(**tweaks)), **L.platform_params(result["platform"])}
         for name in ("train_loss", "val_acc"):
             history = client.get_metric_history(run.info.run_id, name)
             assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
@@ -176,7 +179,10 @@ def test_the_draw_run_carries_ticket_params_and_per_level_metrics(grid):
     assert metrics["dense_test_acc"] == grid.summary["dense"]["test_acc"]
     assert metrics["dense_best_val_acc"] == grid.summary["dense"]["best_val_acc"]
     assert metrics["wall_seconds"] > 0
-    for name, field in (("vanilla_test_acc", "test_acc"), ("level_sparsity", "sparsity")):
+    assert draw.data.params["live_weights"] == str(grid.summary["weights"]["live"])
+    assert draw.data.params["platform.threads"] == grid.summary["platform"]["threads"]
+    for name, field in (("vanilla_test_acc", "test_acc"), ("level_sparsity", "sparsity"),
+                        ("level_live_sparsity", "live_sparsity")):
         history = sorted(client.get_metric_history(draw.info.run_id, name), key=lambda m: m.step)
         assert [(m.step, m.value) for m in history] == [(lv["level"], lv[field]) for lv in grid.summary["levels"]]
 

@@ -175,9 +175,13 @@ def test_only_the_package_spells_the_layout_internals():
 # ------------------------------------------------------------------------------------ writing and reading
 
 
+PLATFORM = {"cpu": "AMD EPYC", "cpu_flags": "avx avx2", "cpu_capability": "AVX2", "torch": "2.14.1",
+            "blas": "mkl 2024.2", "threads": "1"}
+
+
 def spend_result(best_val: float, test: float, epochs: int) -> dict:
     return {"best_val_acc": best_val, "test_acc": test, "spend_seconds": 12.0, "vanilla_test_acc": 0.5,
-            "dense_test_acc": 0.95, "rescale_scales": {}, "history": [
+            "dense_test_acc": 0.95, "rescale_scales": {}, "platform": PLATFORM, "history": [
                 {"epoch": e, "train_loss": 1.0 / e, "val_acc": 0.1 * e, "test_acc": 0.1 * e, "lr": 0.1}
                 for e in range(1, epochs + 1)]}
 
@@ -192,17 +196,19 @@ def logged(tmp_path_factory):
     parent = start_parent_run(uri, "t", "smoke", L.KIND_GRID,
                               config={"name": "t", "optuna_storage": "postgresql://u:pw@db/optuna"})
     draw = TrialRun.for_draw(uri, parent, ticket)
-    draw.log_draw_summary({"dense": {"test_acc": 0.95, "best_val_acc": 0.96, "wall_seconds": 3.0}, "levels": [
-        {"level": lv, "test_acc": 0.9 - 0.1 * lv, "best_val_acc": 0.9, "sparsity": 0.2 * lv, "wall_seconds": 1.0}
-        for lv in (1, 2)]})
+    draw.log_draw_summary({
+        "dense": {"test_acc": 0.95, "best_val_acc": 0.96, "wall_seconds": 3.0},
+        "weights": {"prunable": 1000, "live": 400}, "platform": {**PLATFORM, "gpu": "NVIDIA H200"},
+        "levels": [{"level": lv, "test_acc": 0.9 - 0.1 * lv, "best_val_acc": 0.9, "sparsity": 0.2 * lv,
+                    "live_sparsity": 0.1 * lv, "wall_seconds": 1.0} for lv in (1, 2)]})
     draw.finish()
 
     done = SpendConfig(ticket=ticket, level=2, tweaks=TweakConfig(activation="swish"))
     result = spend_result(best_val=0.8, test=0.77, epochs=2)
-    first = TrialRun.for_spend(uri, parent, done, sparsity=0.36)
+    first = TrialRun.for_spend(uri, parent, done, sparsity=0.36, live_sparsity=0.3)
     first.log_epoch(result["history"][0], hessian_top_eigenvalue=5.0)
     # killed here; Ray restarts the trial from its epoch-1 checkpoint
-    again = TrialRun.for_spend(uri, parent, done, sparsity=0.36)
+    again = TrialRun.for_spend(uri, parent, done, sparsity=0.36, live_sparsity=0.3)
     for record, hessian in zip(result["history"], (99.0, 6.0)):
         again.log_epoch(record, hessian_top_eigenvalue=hessian)  # epoch 1 is not logged twice
     again.log_spend_result(result, device_share=0.25, analysis={"act_sparsity": 0.4, "act_sparsity_stem": 0.1,
@@ -246,8 +252,24 @@ def test_final_metrics_are_logged_under_their_own_names(logged):
     tags = run.data.tags
     assert tags[L.PARENT_RUN_ID] == logged["parent"] and tags[L.STAGE] == L.STAGE_SPEND
     assert tags[L.TRIAL_KEY] == tags[L.SPEND_KEY] == done.key and tags[L.TWEAK] == "swish"
-    assert run.info.run_name == "imp t0 L2 36.0% swish seed0" and run.data.params == spend_params(done, 0.36)
-    assert run.data.params["sparsity"] == "0.360000" and run.data.params["activation"] == "swish"
+    assert run.info.run_name == "imp t0 L2 36.0% swish seed0"
+    assert run.data.params == {**spend_params(done, 0.36, 0.3), **L.platform_params(PLATFORM)}
+    assert run.data.params["sparsity"] == "0.360000" and run.data.params["live_sparsity"] == "0.300000"
+    assert run.data.params["activation"] == "swish" and run.data.params["platform.cpu_capability"] == "AVX2"
+
+
+def test_a_draw_logs_both_sparsities_its_weights_and_platform(logged):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(logged["uri"])
+    draw = client.search_runs([client.get_run(logged["parent"]).info.experiment_id],
+                              filter_string=f"tags.{L.STAGE} = '{L.STAGE_DRAW}'")[0]
+    params = draw.data.params
+    assert (params["prunable_weights"], params["live_weights"]) == ("1000", "400")
+    assert params["platform.gpu"] == "NVIDIA H200" and params["platform.blas"] == "mkl 2024.2"
+    history = {key: sorted((m.step, m.value) for m in client.get_metric_history(draw.info.run_id, key))
+               for key in (L.LEVEL_SPARSITY, L.LEVEL_LIVE_SPARSITY)}
+    assert history == {L.LEVEL_SPARSITY: [(1, 0.2), (2, 0.4)], L.LEVEL_LIVE_SPARSITY: [(1, 0.1), (2, 0.2)]}
 
 
 def test_the_reader_gives_the_final_values_under_the_report_columns(logged):

@@ -19,9 +19,9 @@ the column named without the prefix (`result_column`): `final_test_acc` -> `test
 
 A draw run has no per-epoch series: `dense_test_acc`, `dense_best_val_acc`, `wall_seconds`
 (step 0) and per IMP level (step = level) `vanilla_test_acc`, `vanilla_best_val_acc`,
-`level_sparsity`. An Optuna parent run logs `best_val_acc` and `best_test_acc` per level
-(step = level; suffixed `_<mask source>` with several sources, `_ticket<seed>` with several
-ticket seeds).
+`level_sparsity` and `level_live_sparsity` (the sparsity among live weights, `lth_core.live`).
+An Optuna parent run logs `best_val_acc` and `best_test_acc` per level (step = level; suffixed
+`_<mask source>` with several sources, `_ticket<seed>` with several ticket seeds).
 """
 
 from __future__ import annotations
@@ -118,7 +118,19 @@ def spend_run_name(spend: SpendConfig) -> str:
 TICKET_PARAMS = ("dataset", "arch", "width", "seed", "ticket_seed", "prune_method")
 DRAW_PARAMS = (*TICKET_PARAMS, "levels")
 LEVEL = "level"
-SPARSITY = "sparsity"
+SPARSITY = "sparsity"  # a spend's level, measured: the share of its prunable weights the mask removes
+LIVE_SPARSITY = "live_sparsity"  # the share of its live weights (lth_core.live) the mask removes
+# A draw's, logged when it has finished: how many prunable weights it has and how many are live.
+PRUNABLE_WEIGHTS = "prunable_weights"
+LIVE_WEIGHTS = "live_weights"
+# The platform a draw or spend was computed on (lth_core.machine: cpu, cpu_flags, cpu_capability,
+# torch, blas, threads, gpu on CUDA), logged once its result is in, as `platform.<field>`.
+PLATFORM_PREFIX = "platform."
+
+
+def platform_params(platform: dict[str, str] | None) -> dict[str, str]:
+    """A stored result's platform as params (none for a result stored before platforms were)."""
+    return {PLATFORM_PREFIX + name: str(value) for name, value in (platform or {}).items()}
 
 # ------------------------------------------------------------------------ metrics
 
@@ -189,7 +201,8 @@ def analysis_final_metrics(metrics: dict[str, float]) -> dict[str, float]:
 DENSE_BEST_VAL_ACC = "dense_best_val_acc"
 VANILLA_BEST_VAL_ACC = "vanilla_best_val_acc"
 LEVEL_SPARSITY = "level_sparsity"
-DRAW_LEVEL_METRICS = (VANILLA_TEST_ACC, VANILLA_BEST_VAL_ACC, LEVEL_SPARSITY)
+LEVEL_LIVE_SPARSITY = "level_live_sparsity"
+DRAW_LEVEL_METRICS = (VANILLA_TEST_ACC, VANILLA_BEST_VAL_ACC, LEVEL_SPARSITY, LEVEL_LIVE_SPARSITY)
 
 # Optuna parent run (step = level)
 OPTUNA_BEST_VAL_ACC = "best_val_acc"

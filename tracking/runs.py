@@ -32,16 +32,19 @@ def draw_params(ticket: TicketConfig) -> dict[str, str]:
     return {**ticket_params(ticket), "levels": str(ticket.num_levels)}
 
 
-def spend_params(spend: SpendConfig, sparsity: float) -> dict[str, str]:
-    """A spend run's params; `sparsity` is the level's measured sparsity. The tweaks' params come
-    from their registry: one per tweak, in flat form, and one per setting of an enabled section."""
+def spend_params(spend: SpendConfig, sparsity: float, live_sparsity: float | None = None) -> dict[str, str]:
+    """A spend run's params; `sparsity` and `live_sparsity` are the level's measured sparsity,
+    nominal and among live weights (None: a draw stored before live weights were counted). The
+    tweaks' params come from their registry: one per tweak, in flat form, and one per setting of
+    an enabled section."""
     from lth_core.tweaks import mlflow_params
 
     return {
         **ticket_params(spend.ticket),
         "seed": str(spend.seed),
-        "level": str(spend.level),
-        "sparsity": f"{sparsity:.6f}",
+        L.LEVEL: str(spend.level),
+        L.SPARSITY: f"{sparsity:.6f}",
+        **({L.LIVE_SPARSITY: f"{live_sparsity:.6f}"} if live_sparsity is not None else {}),
         **mlflow_params(spend.tweaks),
     }
 
@@ -224,10 +227,11 @@ class TrialRun:
                    run_name=L.draw_run_name(ticket))
 
     @classmethod
-    def for_spend(cls, tracking_uri: str, parent_run_id: str, spend: SpendConfig, sparsity: float) -> TrialRun:
+    def for_spend(cls, tracking_uri: str, parent_run_id: str, spend: SpendConfig, sparsity: float,
+                  live_sparsity: float | None = None) -> TrialRun:
         return cls(tracking_uri, parent_run_id, trial_key=L.spend_trial_key(spend), stage=L.STAGE_SPEND,
                    tags={L.TICKET_KEY: spend.ticket.key, L.SPEND_KEY: spend.key, L.TWEAK: spend.tweaks.describe()},
-                   params=spend_params(spend, sparsity), run_name=L.spend_run_name(spend))
+                   params=spend_params(spend, sparsity, live_sparsity), run_name=L.spend_run_name(spend))
 
     # -------------------------------------------------------------------- plain logging
 
@@ -249,6 +253,14 @@ class TrialRun:
         if not self.resumed:
             return set()
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        """Params known only once the trial's result is in (logging a param again with the value it
+        has is allowed, so a trial that runs again may repeat this)."""
+        from mlflow.entities import Param
+
+        if params:
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def logged_metrics(self) -> set[str]:
         return set(self.client.get_run(self.run_id).data.metrics)
@@ -281,7 +293,8 @@ class TrialRun:
                          analysis: Mapping[str, float] | None = None) -> None:
         """A finished spend's final metrics (`layout.spend_final_metrics`), and with `--analyze`
         the analyses' under their final names, at the last epoch's step; those an earlier attempt
-        logged already are left alone."""
+        logged already are left alone. The platform it was computed on goes in the params."""
+        self.log_params(L.platform_params(result.get("platform")))
         history = result.get("history") or []
         step = history[-1]["epoch"] if history else 0
         final = {**L.spend_final_metrics(dict(result), device_share),
@@ -294,11 +307,17 @@ class TrialRun:
 
     def log_draw_summary(self, summary: Mapping[str, Any]) -> None:
         """A finished draw (`lth_core.lottery.draw`'s summary): dense accuracies, per-level vanilla
-        LTH (step = level) and the wall seconds; once, also when the trial ran again."""
+        LTH and sparsities, nominal and among live weights (step = level), and the wall seconds as
+        metrics; its weight counts and platform as params; once, also when the trial ran again."""
         if self.resumed and L.LEVEL_SPARSITY in self.logged_metrics():
             return
+        weights = summary.get("weights")
+        self.log_params({**({L.PRUNABLE_WEIGHTS: weights["prunable"], L.LIVE_WEIGHTS: weights["live"]}
+                            if weights else {}), **L.platform_params(summary.get("platform"))})
         dense, levels = summary["dense"], summary["levels"]
         points = [(L.LEVEL_SPARSITY, level["sparsity"], level["level"]) for level in levels]
+        points += [(L.LEVEL_LIVE_SPARSITY, level["live_sparsity"], level["level"]) for level in levels
+                   if "live_sparsity" in level]
         if dense is not None:  # a draw at initialisation trains nothing: masks only
             points += [(L.DENSE_TEST_ACC, dense["test_acc"], 0), (L.DENSE_BEST_VAL_ACC, dense["best_val_acc"], 0)]
             for level in levels:

@@ -41,7 +41,7 @@ def deterministic_errors() -> Iterator[None]:
         yield
     except (ConfigError, DatasetNotFoundError, DatasetFormatError, OutsideStoreError) as e:
         raise TrialInputError(f"{type(e).__name__}: {e}") from e
-    except FileNotFoundError as e:  # the store of this node lacks the draw (level_sparsity)
+    except FileNotFoundError as e:  # the store of this node lacks the draw (level_sparsities)
         raise TrialInputError(f"store: {e}") from e
 
 
@@ -156,17 +156,19 @@ def report_epoch(record: EpochRecord, payload: Payload, hessian: float | None = 
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def level_sparsity(spend: SpendConfig, store: ArtifactStore) -> float:
-    """The level's measured sparsity (docs/tracking.md), not the schedule's target. The draw stage
-    stored it; a trial that cannot read it sees another store than the driver, and says so."""
+def level_sparsities(spend: SpendConfig, store: ArtifactStore) -> tuple[float, float | None]:
+    """The level's measured sparsity, nominal and among live weights (docs/tracking.md), not the
+    schedule's target. The draw stage stored them; a trial that cannot read them sees another
+    store than the driver, and says so."""
     if spend.level == 0:
-        return 0.0
+        return 0.0, 0.0
     path = ticket_summary(spend.ticket.key)
     if not store.exists(path):
         raise FileNotFoundError(f"{store.uri}/{path} is missing on this node: the artifact store must be the "
                                 "same for every Ray node (s3://... or a shared filesystem)")
     summary = store.read_json(path)
-    return next(lv["sparsity"] for lv in summary["levels"] if lv["level"] == spend.level)
+    level = next(lv for lv in summary["levels"] if lv["level"] == spend.level)
+    return level["sparsity"], level.get("live_sparsity")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from ray import tune
 from lth_core.lottery import spend
 from lth_core.store import ArtifactStore
 from lth_core.training import EpochRecord, Payload
-from trainables.common import (deterministic_errors, device_share, level_sparsity, report_epoch, resume_state,
+from trainables.common import (deterministic_errors, device_share, level_sparsities, report_epoch, resume_state,
                                spend_from_trial, tracked)
 from tracking.runs import TrialRun
 
@@ -37,7 +37,7 @@ def _spend_trainable(config: dict[str, Any]) -> None:
     run = None
     if config.get("tracking_uri"):
         run = TrialRun.for_spend(config["tracking_uri"], config["parent_run_id"], spend_cfg,
-                                 level_sparsity(spend_cfg, store))
+                                 *level_sparsities(spend_cfg, store))
     reported = []
 
     def on_epoch(record: EpochRecord, payload: Payload) -> None:
