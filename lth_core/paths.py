@@ -16,6 +16,7 @@ takes the key as a string, so a caller holding only a key (`python -m lth_core s
     tickets/<key>/level_<k>/checkpoint.pt            the level's last epoch, while it trains
     tickets/<key>/summary.json                       written last: the draw is complete
     spends/<key>/final.safetensors                   a finished spend's weights (for the analyses)
+    spends/<key>/snapshot_<epoch>.safetensors        its weights after that epoch (`snapshot_epochs`)
     spends/<key>/result.json                         a finished spend, written last
     spends/<key>/checkpoint.pt                       the spend's last epoch, while it trains
 
@@ -120,6 +121,12 @@ def spend_dir(key: str) -> str:
 def spend_weights(key: str) -> str:
     """A finished spend's weights (read by the analyses)."""
     return f"{spend_dir(key)}/final.safetensors"
+
+
+def spend_snapshot(key: str, epoch: int) -> str:
+    """A spend's weights after `epoch` epochs (0 = the starting weights), kept on request
+    (`SpendConfig.snapshot_epochs`) for the analyses at an epoch."""
+    return f"{spend_dir(key)}/snapshot_{epoch:d}.safetensors"
 
 
 def spend_result(key: str) -> str:
