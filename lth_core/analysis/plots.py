@@ -27,7 +27,7 @@ def _figure() -> tuple[Figure, Axes]:
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=120)
+    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
     return path
 
 
@@ -90,7 +90,7 @@ def plot_surfaces_side_by_side(alphas: Sequence[float], betas: Sequence[float], 
         ax.set(title=label, xlabel=xlabel, aspect="equal")
         ax.title.set_fontsize(9)
     axes[0].set_ylabel(ylabel)
-    fig.colorbar(filled, ax=list(axes), label="loss", shrink=0.9)
+    fig.colorbar(filled, ax=list(axes), label="loss", shrink=0.9, ticks=levels[::2], format="%.3g")
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
