@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     except collect.ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    combos = set(analysis.spend_points(sweep.trials)["tweak"])
+    combos = set(analysis.spend_points(sweep.trials)["tweak"]) if args.panel else set()
     unknown = [c for c in args.panel or [] if c not in combos]
     if unknown:
         print(f"error: --panel {unknown[0]}: no finished run of that combination in {args.experiment!r}; "

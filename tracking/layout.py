@@ -171,7 +171,7 @@ def spend_final_metrics(result: dict, device_share: float) -> dict[str, float]:
 
 
 def analysis_final_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The `--analyze` metrics (`lth_core.analysis.run.spend_metrics`: `act_sparsity`,
+    """The `--analyze` metrics (`lth_core.analysis.run.spend_analysis`'s `metrics`: `act_sparsity`,
     `act_sparsity_<stage>`, `hessian_top_eigenvalue`) under their final names."""
     return {final(name): float(value) for name, value in metrics.items()}
 

@@ -69,28 +69,36 @@ def shared_levels(surfaces: Sequence[np.ndarray], count: int = 15) -> tuple[np.n
     return np.linspace(low, high, count), Normalize(low, high)
 
 
+PANELS_PER_ROW = 4
+
+
 def plot_surfaces_side_by_side(alphas: Sequence[float], betas: Sequence[float], surfaces: dict[str, np.ndarray],
                                path: str | Path, title: str = "", xlabel: str = "direction 1",
                                ylabel: str = "direction 2") -> Path:
     """One contour panel per surface (label -> `losses[i, j]` at (alphas[i], betas[j])), side by
-    side on the same axes, contour levels and colour scale, with one colour bar: the paper's
-    Figures 5 and 11 compare vanilla LTH and each tweak this way."""
+    side (`PANELS_PER_ROW` to a row) on the same axes, contour levels and colour scale, with one
+    colour bar: the paper's Figures 5 and 11 compare vanilla LTH and each tweak this way."""
     levels, norm = shared_levels(list(surfaces.values()))
-    n = len(surfaces)
-    fig = Figure(figsize=(3.2 * n + 1.2, 3.6), layout="constrained")
+    ncols = min(len(surfaces), PANELS_PER_ROW)
+    nrows = -(-len(surfaces) // ncols)
+    fig = Figure(figsize=(3.2 * ncols + 1.2, 3.3 * nrows + 0.3), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n, sharex=True, sharey=True, squeeze=False)[0]
+    panels = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    axes = list(panels.flat)
+    for ax in axes[len(surfaces):]:
+        ax.set_visible(False)
     filled = None
     for ax, (label, losses) in zip(axes, surfaces.items()):
-        grid = np.asarray(losses, dtype=float).T
-        filled = ax.contourf(np.asarray(alphas), np.asarray(betas), grid, levels=levels, norm=norm,
+        values = np.asarray(losses, dtype=float).T
+        filled = ax.contourf(np.asarray(alphas), np.asarray(betas), values, levels=levels, norm=norm,
                              cmap="viridis", extend="both")
-        ax.contour(np.asarray(alphas), np.asarray(betas), grid, levels=levels, colors="white", linewidths=0.4)
+        ax.contour(np.asarray(alphas), np.asarray(betas), values, levels=levels, colors="white", linewidths=0.4)
         ax.plot([0], [0], "w+")
         ax.set(title=label, xlabel=xlabel, aspect="equal")
         ax.title.set_fontsize(9)
-    axes[0].set_ylabel(ylabel)
-    fig.colorbar(filled, ax=list(axes), label="loss", shrink=0.9, ticks=levels[::2], format="%.3g")
+    for ax in panels[:, 0]:
+        ax.set_ylabel(ylabel)
+    fig.colorbar(filled, ax=axes[:len(surfaces)], label="loss", shrink=0.9, ticks=levels[::2], format="%.3g")
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
