@@ -200,7 +200,8 @@ def agreement(scale: Scale, device: str) -> None:
         data = dataset.to(runtime.device)
         results[run] = []
         for seed in range(scale.agreement_seeds):
-            model, mask = new_model(dataclasses.replace(scale, width=scale.agreement_width), data, runtime, SPARSITY, seed=seed)
+            narrow = dataclasses.replace(scale, width=scale.agreement_width)
+            model, mask = new_model(narrow, data, runtime, SPARSITY, seed=seed)
             history = fit(model, data, recipe, seed=seed, runtime=runtime, mask=mask).history
             results[run].append(history[-1].test_acc)
         print(f"agreement {run}: final test accuracy per seed " + ", ".join(f"{a:.4f}" for a in results[run]),

@@ -91,7 +91,8 @@ def main() -> None:
         log.close()
 
     step, total = sum(timer.step_seconds), sum(timer.epoch_seconds)
-    print(f"{args.device} (graphs {args.graphs}), resnet18 x{args.width:g} at 89% sparsity, synthetic CIFAR-100 {args.train}:{n_dev - args.train}:"
+    print(f"{args.device} (graphs {args.graphs}), resnet18 x{args.width:g} at 89% sparsity, "
+          f"synthetic CIFAR-100 {args.train}:{n_dev - args.train}:"
           f"{round(args.train * 10 / 45)} images, batch {args.batch_size}, {args.epochs} epochs, "
           f"threads={torch.get_num_threads()}")
     print(f"epoch seconds: {total / len(timer.epoch_seconds):.3f}  (training step {step / len(timer.step_seconds):.3f})")

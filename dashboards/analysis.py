@@ -474,6 +474,90 @@ def hessian_curves(history: pd.DataFrame | None, points: pd.DataFrame) -> pd.Dat
     return out.reset_index()[columns].sort_values(["setting", "tweak", "level", "epoch"]).reset_index(drop=True)
 
 
+# --- Loss landscapes (sweeps run with --analyze / --analyze-epochs) ----------------------------
+
+LANDSCAPE_VIEWS = {"surface_2d": "steps", "input_surface_2d": "input_steps", "input_random_1d": "input_steps",
+                   "input_gradient_sign_1d": "input_steps"}  # array -> the steps it is measured at
+
+
+@dataclass
+class LandscapeSet:
+    """The landscapes of vanilla LTH and each tweak of one ticket (`ticket`, re-training seed
+    `seed`: one set of directions) at one level and one set of weights (`weights`: `final` or
+    `epoch_<K>`): view (a `LANDSCAPE_VIEWS` key) -> tweak -> array, vanilla first; `steps` per view."""
+
+    setting: str
+    level: int
+    sparsity: float
+    weights: str
+    ticket: str
+    seed: int
+    steps: dict[str, np.ndarray]
+    views: dict[str, dict[str, np.ndarray]]
+
+
+def _weights_order(label: str) -> tuple[int, int]:
+    """Epoch snapshots by epoch, the final weights last."""
+    return (1, 0) if label == "final" else (0, int(str(label).removeprefix("epoch_")))
+
+
+def landscape_sets(trials: pd.DataFrame, landscapes: pd.DataFrame | None) -> list[LandscapeSet]:
+    """Per setting, at one level (`pick_level` over the runs with landscapes) and for each analysed
+    set of weights, the landscapes of the ticket and re-training seed with the most combinations
+    there (the lowest ticket, then seed, on ties): the compared spends share their directions."""
+    if landscapes is None or landscapes.empty:
+        return []
+    spend = finished_spends(trials)
+    runs = pd.DataFrame({"run_id": spend["run_id"], "setting": setting_of(spend),
+                         "tweak": spend["tweak"].fillna(VANILLA).astype(object),
+                         "activation": _col(spend, "activation", None).astype(object),
+                         "level": _col(spend, "level", 0).fillna(0).astype("int64"),
+                         "sparsity": _col(spend, "sparsity", np.nan).astype("float64"),
+                         "ticket": ticket_of(spend), "seed": _col(spend, "seed", 0).fillna(0).astype("int64")})
+    joined = landscapes.merge(runs, on="run_id")
+    out = []
+    for setting, rows in joined.groupby("setting"):
+        level = pick_level(rows)
+        at = rows[rows["level"] == level]
+        for weights in sorted(at["weights"].unique(), key=_weights_order):
+            same = at[at["weights"] == weights]
+            counts = same.groupby(["ticket", "seed"])["tweak"].nunique()
+            (ticket, seed), _ = min(counts.items(), key=lambda item: (-item[1], str(item[0][0]), item[0][1]))
+            chosen = same[(same["ticket"] == ticket) & (same["seed"] == seed)].drop_duplicates("tweak", keep="last")
+            chosen = chosen.set_index("tweak").loc[tweak_order(chosen["tweak"], chosen["activation"])]
+            views: dict[str, dict[str, np.ndarray]] = {}
+            steps: dict[str, np.ndarray] = {}
+            for view, axis in LANDSCAPE_VIEWS.items():
+                present = chosen[chosen[view].notna() & chosen[axis].notna()]
+                if present.empty:
+                    continue
+                steps[view] = present[axis].iloc[0]
+                views[view] = {tweak: row[view] for tweak, row in present.iterrows()
+                               if np.array_equal(row[axis], steps[view])}  # one grid per figure
+            out.append(LandscapeSet(setting=setting, level=int(level), sparsity=float(same["sparsity"].mean()),
+                                    weights=str(weights), ticket=str(ticket), seed=int(seed), steps=steps,
+                                    views=views))
+    return out
+
+
+# --- Across architectures and data sets (Figures 6 and 7) --------------------------------------
+
+FAMILY_PARAMS = ["dataset", "arch", "width", "prune_method"]
+
+
+def families(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each setting (ticket family) with its data set, architecture, width and mask source, ordered
+    by data set, then architecture and width: the panel's rows and cells."""
+    columns = ["setting", *FAMILY_PARAMS]
+    runs = trials[trials["stage"].isin(["draw", "spend"])]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    out = pd.DataFrame({"setting": setting_of(runs),
+                        **{p: _col(runs, p, None).astype(object) for p in FAMILY_PARAMS}}).drop_duplicates("setting")
+    return out.sort_values(["dataset", "arch", "width", "prune_method"], key=lambda c: c.astype(str),
+                           na_position="last").reset_index(drop=True)[columns]
+
+
 @dataclass
 class Analysis:
     """Everything the report shows, plus notes on what is missing."""
@@ -492,6 +576,8 @@ class Analysis:
     hessian: pd.DataFrame = field(default_factory=pd.DataFrame)  # hessian_summary
     hessian_curves: pd.DataFrame = field(default_factory=pd.DataFrame)  # hessian_curves
     sparsity_axis: str = "nominal"  # SPARSITY_AXES: what every `sparsity` above measures
+    landscapes: list[LandscapeSet] = field(default_factory=list)  # landscape_sets
+    families: pd.DataFrame = field(default_factory=pd.DataFrame)  # families
 
     @property
     def settings(self) -> list[str]:
@@ -499,7 +585,7 @@ class Analysis:
 
 
 def analyze(trials: pd.DataFrame, draw_levels: pd.DataFrame, hessian_history: pd.DataFrame | None = None,
-            sparsity: str = "nominal") -> Analysis:
+            sparsity: str = "nominal", landscapes: pd.DataFrame | None = None) -> Analysis:
     """Everything the report shows, against the sparsity axis `sparsity` (SPARSITY_AXES)."""
     trials = on_sparsity_axis(trials, sparsity)
     points = spend_points(trials)
@@ -512,7 +598,8 @@ def analyze(trials: pd.DataFrame, draw_levels: pd.DataFrame, hessian_history: pd
                       critical=critical_sparsity(summary), cost=cost_by_tweak(summary),
                       controls=lottery_controls(summary),
                       act_sparsity=act_sparsity_summary(extra), hessian=hessian_summary(extra),
-                      hessian_curves=hessian_curves(hessian_history, extra), sparsity_axis=sparsity)
+                      hessian_curves=hessian_curves(hessian_history, extra), sparsity_axis=sparsity,
+                      landscapes=landscape_sets(trials, landscapes), families=families(trials))
     result.notes = sweep_notes(trials, result)
     return result
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tracking import layout
@@ -26,6 +27,9 @@ DRAW_LEVEL_METRICS = list(layout.DRAW_LEVEL_METRICS)
 HESSIAN_METRIC = layout.HESSIAN
 ACT_SPARSITY_METRIC = layout.ACT_SPARSITY  # overall; act_sparsity_<stage> per stage
 HESSIAN_HISTORY_COLUMNS = ["run_id", "epoch", HESSIAN_METRIC]
+# A row per spend run and analysed set of weights (--analyze, --analyze-epochs): the landscapes' arrays.
+LANDSCAPE_COLUMNS = ["run_id", "weights", "epoch", "steps", "surface_2d", "input_steps", "input_random_1d",
+                     "input_gradient_sign_1d", "input_surface_2d"]
 
 
 class ReportError(RuntimeError):
@@ -46,6 +50,10 @@ class OptunaLevel:
     note: str | None = None
 
 
+def empty_landscapes() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="Int64" if c == "epoch" else object) for c in LANDSCAPE_COLUMNS})
+
+
 def empty_hessian_history() -> pd.DataFrame:
     return pd.DataFrame({"run_id": pd.Series(dtype=object), "epoch": pd.Series(dtype="int64"),
                          HESSIAN_METRIC: pd.Series(dtype="float64")})
@@ -55,7 +63,9 @@ def empty_hessian_history() -> pd.DataFrame:
 class Sweep:
     """One experiment's runs. `trials` has a row per child run; `draw_levels` a row per draw
     run and level (the draw logs vanilla LTH per level as a step series); `hessian_history` a
-    row per spend run and epoch at which `--hessian-every N` measured the top eigenvalue."""
+    row per spend run and epoch at which `--hessian-every N` measured the top eigenvalue;
+    `landscapes` a row per spend run and analysed set of weights (`weights`: `final` or
+    `epoch_<K>`) with the landscapes' arrays (numpy)."""
 
     experiment: str
     tracking_uri: str
@@ -66,6 +76,7 @@ class Sweep:
     optuna: list[OptunaLevel] | None = None
     optuna_note: str | None = None
     hessian_history: pd.DataFrame = field(default_factory=empty_hessian_history)
+    landscapes: pd.DataFrame = field(default_factory=empty_landscapes)
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -93,6 +104,7 @@ def load_sweep(reader: TrackingReader, experiment: str, with_optuna: bool = True
         draw_levels=draw_levels_frame(reader, runs.draws),
         n_parents=len(runs.parents),
         hessian_history=hessian_history(reader, runs.spends),
+        landscapes=landscapes(reader, runs.spends),
     )
     if runs.parents:
         latest = runs.parents[-1]
@@ -188,6 +200,28 @@ def hessian_history(reader: TrackingReader, spends: list[RunRecord]) -> pd.DataF
     values = values.drop_duplicates(["run_id", "epoch"], keep="last").sort_values(["run_id", "epoch"])
     values = values.astype({"run_id": object, "epoch": "int64", HESSIAN_METRIC: "float64"})
     return values[HESSIAN_HISTORY_COLUMNS].reset_index(drop=True)
+
+
+def landscapes(reader: TrackingReader, spends: list[RunRecord]) -> pd.DataFrame:
+    """The landscapes' arrays of each analysed set of weights of each finished spend run (see
+    `Sweep`); only runs whose tag names analyses cost artifact requests."""
+    rows = []
+    for run in spends:
+        if not is_complete(run):
+            continue
+        for label, doc in reader.analyses(run).items():
+            weights, inputs = doc.get("landscape") or {}, doc.get("input_landscape") or {}
+            array = lambda values: None if values is None else np.asarray(values, dtype=float)  # noqa: E731
+            rows.append({"run_id": run.run_id, "weights": label, "epoch": layout.analysis_epoch(label),
+                         "steps": array(weights.get("steps")), "surface_2d": array(weights.get("surface_2d")),
+                         "input_steps": array(inputs.get("steps")), "input_random_1d": array(inputs.get("random_1d")),
+                         "input_gradient_sign_1d": array(inputs.get("gradient_sign_1d")),
+                         "input_surface_2d": array(inputs.get("surface_2d"))})
+    if not rows:
+        return empty_landscapes()
+    frame = pd.DataFrame(rows, columns=LANDSCAPE_COLUMNS)
+    frame["epoch"] = frame["epoch"].astype("Int64")
+    return frame
 
 
 def draw_levels_frame(reader: TrackingReader, draws: list[RunRecord]) -> pd.DataFrame:

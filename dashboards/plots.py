@@ -311,3 +311,57 @@ def claim_plot(rows: pd.DataFrame, per_pair: pd.DataFrame, path: Path, title: st
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
+
+
+def family_panel(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.DataFrame, families: pd.DataFrame,
+                 combos: list[str], path: Path, title: str) -> Path | None:
+    """Figures 6 and 7: one cell per ticket family (a row per data set; architecture, width and,
+    with several, mask source across), vanilla LTH in black and each chosen combination against
+    sparsity, mean and 95% CI over seeds, dense as a dashed line. A combination keeps its color
+    in every cell."""
+    cells = families[families["setting"].isin(summary["setting"])]
+    if cells.empty or not combos:
+        return None
+    rows = list(dict.fromkeys(cells["dataset"].astype(str)))
+    ncols = max(int((cells["dataset"].astype(str) == d).sum()) for d in rows)
+    several_sources = cells["prune_method"].nunique() > 1
+    colors = _tweak_colors([VANILLA, *combos])
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(4.0 * ncols, 3.3 * len(rows)), squeeze=False)
+    for r, dataset in enumerate(rows):
+        mine = cells[cells["dataset"].astype(str) == dataset]
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c >= len(mine):
+                ax.set_visible(False)
+                continue
+            family = mine.iloc[c]
+            setting = family["setting"]
+            pick = lambda frame: frame[frame["setting"] == setting]  # noqa: E731
+            ref = pick(dense)
+            _dense_line(ax, ref.iloc[0] if len(ref) else None)
+            if len(pick(baseline)):
+                _curve(ax, pick(baseline), "vanilla LTH", BASE_COLOR, marker="s", linestyle=":")
+            for combo in combos:
+                points = pick(summary)[pick(summary)["tweak"] == combo]
+                if len(points):
+                    _curve(ax, points, combo, colors[combo])
+            sparsity_axis(ax, 100 * pick(summary)["sparsity"])
+            try:
+                name = f"{family['arch']} x{float(family['width']):g}"
+            except (TypeError, ValueError):  # no width logged
+                name = str(family["arch"])
+            ax.set_title(f"{dataset}: {name}" + (f" ({family['prune_method']})" if several_sources else ""),
+                         fontsize=10)
+            ax.grid(alpha=0.3)
+            if c == 0:
+                ax.set_ylabel("test accuracy (%)")
+    handles, labels = {}, []
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = list(handles)
+    fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path)

@@ -292,6 +292,82 @@ def _analyses_section(result: Analysis, out: Path, section: html.Section) -> lis
     return pngs
 
 
+def panel_combos(result: Analysis, chosen: list[str] | None) -> list[str]:
+    """The combinations the cross-family panel draws beside vanilla LTH: those chosen (`--panel`),
+    else every AT + TRT combination of the sweep (Figures 6 and 7)."""
+    if chosen:
+        return list(dict.fromkeys(chosen))
+    return sorted(t for t in result.summary["tweak"].unique() if claims.is_at_trt(t))
+
+
+def _families_section(result: Analysis, out: Path, section: html.Section, chosen: list[str] | None) -> list[Path]:
+    """Vanilla LTH and the chosen combinations against sparsity, one cell per ticket family."""
+    combos = panel_combos(result, chosen)
+    if not combos:
+        section.note("No AT + TRT combination (Swish, a skip, label smoothing and GradInit) in this sweep: pass "
+                     "--panel COMBINATION to draw others against vanilla LTH (the preset generalization runs it).")
+        return []
+    shown = result.families[result.families["setting"].isin(result.summary["setting"])]
+    section.add(html.paragraph(
+        f"Test accuracy (%) against sparsity for each of the {len(shown)} ticket families of this sweep (a row per "
+        f"data set), mean and 95% CI over seeds: vanilla LTH (black, dotted), {', '.join(combos)}, and the dense "
+        "net (dashed), as in the paper's Figures 6 and 7."))
+    path = plots.family_panel(result.summary, result.baseline, result.dense, result.families, combos,
+                              out / "families.png", "vanilla LTH and " + ", ".join(combos) + " across families")
+    if path is None:
+        section.note(f"No finished run of {', '.join(combos)}.")
+        return []
+    section.add(html.image(path, "accuracy vs sparsity per architecture and data set"))
+    return [path]
+
+
+def _landscapes_section(result: Analysis, out: Path, section: html.Section) -> list[Path]:
+    """Side-by-side loss contours in weight space and the loss in input space, of vanilla LTH and
+    each tweak, per set of analysed weights (Figures 5 and 11)."""
+    from lth_core.analysis.plots import plot_lines, plot_surfaces_side_by_side
+
+    if not result.landscapes:
+        section.note("No landscapes logged: run the sweep with --analyze (the final weights) and/or "
+                     "--analyze-epochs K,... (the weights after epoch K, e.g. an early one as in Figure 5).")
+        return []
+    section.add(html.paragraph(
+        "Per ticket family, at one level (the one most combinations have data at, the highest of those), for one "
+        "ticket and re-training seed, so every panel is measured along the same seeded directions. Weight space: "
+        "the train loss over two random filter-normalized directions, every panel on the same axes, contour "
+        "levels and colour scale. Input space: the mean test loss as every image x moves to x + eps d, d scaled to "
+        "x's own norm, along a random direction, along the loss gradient's sign, and over two random directions."))
+    several = len({s.setting for s in result.landscapes}) > 1
+    pngs = []
+    for found in result.landscapes:
+        what = "final weights" if found.weights == "final" else f"weights after {found.weights.replace('_', ' ')}"
+        where = f"{found.setting}: " if several else ""
+        name = (f"{_slug(found.setting)}_" if several else "") + f"L{found.level}_{found.weights}"
+        title = f"{where}level {found.level} ({_pct(found.sparsity)}% sparse), {what}"
+        section.add(html.heading(title))
+        section.add(html.paragraph(f"Ticket {found.ticket}, re-training seed {found.seed}."))
+        views, steps = found.views, found.steps
+        figures = []
+        if "surface_2d" in views:
+            figures.append((plot_surfaces_side_by_side(
+                steps["surface_2d"], steps["surface_2d"], views["surface_2d"], out / f"landscape_{name}.png",
+                f"train loss in weight space, {title}"), "weight-space loss contours"))
+        lines = {label: views[view] for label, view in (("random direction", "input_random_1d"),
+                                                         ("gradient sign", "input_gradient_sign_1d")) if view in views}
+        if lines:
+            figures.append((plot_lines(steps["input_random_1d" if "input_random_1d" in views else
+                                             "input_gradient_sign_1d"], lines, out / f"input_lines_{name}.png",
+                                       f"test loss in input space, {title}"), "input-space loss along directions"))
+        if "input_surface_2d" in views:
+            figures.append((plot_surfaces_side_by_side(
+                steps["input_surface_2d"], steps["input_surface_2d"], views["input_surface_2d"],
+                out / f"input_landscape_{name}.png", f"test loss in input space, {title}",
+                xlabel="eps, image direction 1", ylabel="eps, image direction 2"), "input-space loss contours"))
+        for path, alt in figures:
+            pngs.append(path)
+            section.add(html.image(path, alt))
+    return pngs
+
+
 def _optuna_section(sweep: Sweep, out: Path, section: html.Section) -> list[Path]:
     if sweep.optuna is None:
         section.note(sweep.optuna_note or "No Optuna studies.")
@@ -356,30 +432,35 @@ def _trials_section(trials: pd.DataFrame, section: html.Section) -> None:
     section.add(html.table(shown, max_rows=MAX_TRIAL_ROWS))
 
 
-def build_report(sweep: Sweep, out: Path, sparsity: str = "nominal") -> ReportFiles:
+def build_report(sweep: Sweep, out: Path, sparsity: str = "nominal", panel: list[str] | None = None) -> ReportFiles:
     """Write trials.parquet, the PNGs and report.html into `out`, plotting against the sparsity
-    axis `sparsity` (`analysis.SPARSITY_AXES`); the table keeps both sparsities."""
-    result = analysis.analyze(sweep.trials, sweep.draw_levels, sweep.hessian_history, sparsity)
+    axis `sparsity` (`analysis.SPARSITY_AXES`; the table keeps both sparsities); `panel` names the
+    combinations the cross-family panel draws (default: the AT + TRT ones)."""
+    result = analysis.analyze(sweep.trials, sweep.draw_levels, sweep.hessian_history, sparsity, sweep.landscapes)
     out.mkdir(parents=True, exist_ok=True)
     parquet = out / "trials.parquet"
     sweep.trials.to_parquet(parquet, engine="pyarrow", index=False)
 
     sections = {key: html.Section(key, title) for key, title in [
         ("overview", "Overview"), ("claims", "Claims"), ("accuracy", "Accuracy vs sparsity"), ("gain", "Gain over vanilla LTH"),
-        ("frontier", "Winning-ticket frontier"), ("sources", "Mask sources and lottery-ticket controls"),
-        ("analyses", "Activation sparsity and Hessian"),
+        ("frontier", "Winning-ticket frontier"), ("families", "Across architectures and data sets"),
+        ("sources", "Mask sources and lottery-ticket controls"),
+        ("analyses", "Activation sparsity and Hessian"), ("landscapes", "Loss landscapes"),
         ("optuna", "Optuna search"), ("cost", "Compute cost"), ("trials", "Trials")]}
     _overview(sweep, result, sections["overview"])
     if result.summary.empty:
-        for key in ("claims", "accuracy", "gain", "frontier", "sources", "cost"):
+        for key in ("claims", "accuracy", "gain", "frontier", "families", "sources", "cost"):
             sections[key].note("No finished spend run yet.")
         sections["analyses"].note(f"No finished spend run yet. For these analyses, {HOW_TO_ANALYZE}.")
+        sections["landscapes"].note("No finished spend run yet.")
         pngs = []
     else:
         pngs = claims_section(result, out, sections["claims"], claims.act_points(sweep.trials))
         pngs += _setting_sections(result, out, sections)
+        pngs += _families_section(result, out, sections["families"], panel)
         _sources_section(result, sections["sources"])
         pngs += _analyses_section(result, out, sections["analyses"])
+        pngs += _landscapes_section(result, out, sections["landscapes"])
     pngs += _optuna_section(sweep, out, sections["optuna"])
     _trials_section(sweep.trials, sections["trials"])
 
@@ -398,6 +479,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sparsity", choices=analysis.SPARSITY_AXES, default="nominal",
                         help="what the sparsity axis measures: every prunable weight (nominal) or only the live "
                              "ones, those an input of the data set's shape reaches (default: %(default)s)")
+    parser.add_argument("--panel", action="append", metavar="COMBINATION",
+                        help="a combination (its label in the report, e.g. swish+ls0.1) the cross-family panel "
+                             "draws against vanilla LTH; repeat for several (default: the AT + TRT ones)")
     return parser.parse_args(argv)
 
 
@@ -427,8 +511,14 @@ def main(argv: list[str] | None = None) -> int:
     except collect.ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    combos = set(analysis.spend_points(sweep.trials)["tweak"]) if args.panel else set()
+    unknown = [c for c in args.panel or [] if c not in combos]
+    if unknown:
+        print(f"error: --panel {unknown[0]}: no finished run of that combination in {args.experiment!r}; "
+              f"combinations there: {', '.join(sorted(combos)) or 'none'}", file=sys.stderr)
+        return 2
     try:
-        files = build_report(sweep, out, args.sparsity)
+        files = build_report(sweep, out, args.sparsity, args.panel)
     except ValueError as exc:  # no live sparsity logged
         print(f"error: --sparsity {args.sparsity}: {exc}; use --sparsity nominal for this experiment",
               file=sys.stderr)

@@ -21,7 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lth_core import paths
-from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping, recipe_overlay
+from lth_core.config import (ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping, recipe_overlay,
+                             replace)
 from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, tweak_flags
 from lth_core.mask_sources import SOURCES
 from lth_core.tables import StageProgress, dead_weights_warning, format_levels, weights_line
@@ -68,6 +69,8 @@ SPEND_FLAGS: FlagTable = {
     "--spend-seed": ("seed", int, "seed of the re-training"),
     "--spend-epochs": ("recipe.epochs", int, "re-training epochs; the rest of the recipe stays the ticket's "
                                              "(default: the ticket's epochs)"),
+    "--snapshot-epochs": ("snapshot_epochs", "ints", "epochs after which the weights are kept besides the final "
+                                                     "ones (0 = the start), comma separated; for analyze --epoch"),
     **tweak_flags(),
 }
 
@@ -247,14 +250,25 @@ def draw_plan(ticket: TicketConfig, store: Any) -> str:
 
 
 def spend_plan(config: SpendConfig, store: Any) -> str:
+    from lth_core.lottery import RESULT_SHAPE, missing_snapshots, read_json_checked
+    from lth_core.store import CorruptArtifactError
+
     ticket = config.ticket
     drawn = store.exists(paths.ticket_summary(ticket.key))
-    spent = store.exists(paths.spend_result(config.key))
+    train = f"re-train {config.train_recipe.epochs} epochs on {config.train_recipe.device}"
+    try:
+        result = read_json_checked(store, paths.spend_result(config.key), RESULT_SHAPE)
+        lacking = missing_snapshots(config, result)
+        spent = ("already spent: read back" if not lacking else
+                 f"spent without its weights at epoch(s) {', '.join(map(str, lacking))}: {train} to keep them")
+    except (FileNotFoundError, CorruptArtifactError, ValueError):
+        spent = train
+    kept = (f"; keeps the weights at epoch(s) {', '.join(map(str, config.snapshot_epochs))}"
+            if config.snapshot_epochs else "")
     lines = [f"spend: level {config.level} ({config.sparsity:.1%} sparse) of ticket {ticket.key} with "
              f"{config.tweaks.describe()}, seed {config.seed}",
              "  draw:   " + ("in the store" if drawn else f"not in the store: drawn first, {_stages(ticket)}"),
-             "  spend:  " + ("already spent: read back" if spent
-                             else f"re-train {config.train_recipe.epochs} epochs on {config.train_recipe.device}"),
+             "  spend:  " + spent + kept,
              f"  writes: {shown_uri(store.uri)}/{paths.spend_dir(config.key)}"]
     return "\n".join(lines)
 
@@ -282,8 +296,15 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2%}"
 
 
-def _spend_checked(args: argparse.Namespace) -> tuple[SpendConfig, Any]:
+def _spend_checked(args: argparse.Namespace, epoch: int | None = None) -> tuple[SpendConfig, Any]:
+    """The spend the flags name (keeping its weights at `epoch` too), its inputs checked, the plan shown."""
     config = spend_from_args(args)
+    if epoch is not None:
+        last = config.train_recipe.epochs
+        if not 0 <= epoch <= last:
+            raise CliError(f"--epoch {epoch} is not an epoch of the spend (it trains {last}); pass --epoch between 0 "
+                           f"(its starting weights) and {last}, or leave it out for the final weights")
+        config = replace(config, snapshot_epochs=(*config.snapshot_epochs, epoch))
     check_device(config.ticket.recipe)
     if config.recipe is not None:
         check_device(config.recipe)
@@ -355,17 +376,18 @@ def cmd_analyze(args: argparse.Namespace) -> dict[str, Any]:
     from lth_core.analysis.run import analyze_spend
 
     activations = check_analyze_args(args)
-    config, store = _spend_checked(args)
-    out = Path(args.out or f"analysis/{config.key}")
+    config, store = _spend_checked(args, args.epoch)
+    out = Path(args.out or f"analysis/{config.key}" + (f"-epoch{args.epoch}" if args.epoch is not None else ""))
     progress = StageProgress(default_epochs=config.train_recipe.epochs)
     try:
-        result = analyze_spend(config, store, out, activations=activations,
+        result = analyze_spend(config, store, out, epoch=args.epoch, activations=activations,
                                threshold=args.threshold, top_k=args.top_k, grid=args.grid, batches=args.batches,
                                on_stage_epoch=progress)
     finally:
         progress.close()
     print(result["table"], file=sys.stderr)
-    print(f"eigenvalues: {result['hessian']['eigenvalues']}; plots and arrays in {out}", file=sys.stderr)
+    weights = "final weights" if args.epoch is None else f"weights after epoch {args.epoch}"
+    print(f"{weights}: eigenvalues {result['hessian']['eigenvalues']}; plots and arrays in {out}", file=sys.stderr)
     return {k: v for k, v in result.items() if k != "table"}
 
 
@@ -448,7 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     ticket_flags(p)
     add_flags(p, SPEND_FLAGS, defaults=SpendConfig())
-    p.add_argument("--out", help="output folder (default: analysis/<spend key>)")
+    p.add_argument("--out", help="output folder (default: analysis/<spend key>, with --epoch K "
+                                 "analysis/<spend key>-epochK)")
+    p.add_argument("--epoch", type=int, default=None,
+                   help="analyse the weights after this epoch of the spend (0 = its start) instead of the final "
+                        "ones; a stored spend without them is trained again to keep them")
     p.add_argument("--compare-activations", default="relu,swish",
                    help="activations to compare in the sparsity table, comma separated (default: %(default)s)")
     p.add_argument("--threshold", type=float, default=1e-3,

@@ -213,17 +213,27 @@ class TicketConfig:
 
 @dataclass(frozen=True)
 class SpendConfig:
-    """Re-train level `level` of a ticket. `recipe=None` re-uses the ticket's dense recipe."""
+    """Re-train level `level` of a ticket. `recipe=None` re-uses the ticket's dense recipe.
+    `snapshot_epochs` are the epochs after which the spend's weights are kept besides its final
+    ones (0 = the starting weights), for the analyses at an epoch; they change nothing the spend
+    computes, so they are no part of its key."""
 
     ticket: TicketConfig = TicketConfig()
     level: int = 1
     recipe: RecipeConfig | None = None
     tweaks: TweakConfig = TweakConfig()
     seed: int = 0
+    snapshot_epochs: tuple[int, ...] = not_keyed(())
 
     def __post_init__(self) -> None:
         n = self.ticket.num_levels
         require(0 <= self.level <= n, "level", f"must be in [0, {n}] (0 is the dense net), got {self.level}")
+        # Order and repeats do not matter: one spelling.
+        object.__setattr__(self, "snapshot_epochs", tuple(sorted(set(self.snapshot_epochs))))
+        epochs = self.train_recipe.epochs
+        for e in self.snapshot_epochs:
+            require(0 <= e <= epochs, "snapshot_epochs",
+                     f"epoch {e} is not in the spend (epochs 0..{epochs}, 0 = the starting weights)")
         check_spend(self)
 
     @property

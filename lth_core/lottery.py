@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lth_core import paths, tweaks
-from lth_core.config import ConfigError, DataConfig, SpendConfig, TicketConfig, from_dict, to_dict
+from lth_core.config import ConfigError, DataConfig, SpendConfig, TicketConfig, from_dict, replace, to_dict
 from lth_core.data import Dataset, iterate_batches, load_dataset, num_batches
 from lth_core.hooks import Observer, cross_entropy_loss
 from lth_core.live import live_sparsity, live_weights
@@ -100,6 +100,8 @@ def read_json_checked(store: ArtifactStore, path: str, shape: dict[str, type]) -
         problem = _shape_problem(data["summary"], SUMMARY_FIELDS, "summary.")
     if problem is None and shape is SUMMARY_SHAPE:
         problem = _summary_problem(data)
+    if problem is None and shape is RESULT_SHAPE:
+        problem = _snapshots_problem(data)
     if problem is not None:
         raise CorruptArtifactError(f"valid JSON of the wrong shape: {problem}")
     return data
@@ -121,6 +123,14 @@ def _summary_problem(summary: dict[str, Any]) -> str | None:
     level_shape = AT_INIT_LEVEL_SHAPE if at_init else {**AT_INIT_LEVEL_SHAPE, **SUMMARY_FIELDS}
     return problem or next(filter(None, (_shape_problem(lv, level_shape, "levels[].") for lv in summary["levels"])),
                            None)
+
+
+def _snapshots_problem(result: dict[str, Any]) -> str | None:
+    """A result lists its kept snapshots as epochs (results written before snapshots list none)."""
+    epochs = result.get("snapshots", [])
+    if not isinstance(epochs, list) or not all(isinstance(e, int) and not isinstance(e, bool) for e in epochs):
+        return f"snapshots is {epochs!r}, not a list of epochs"
+    return None
 
 
 def _shape_problem(data: Any, shape: dict[str, type], prefix: str = "") -> str | None:
@@ -544,15 +554,20 @@ def train_spend(run: SpendRun, *, resume: dict[str, Any] | None = None, persist_
     loss_fn = tweaks.compose_loss(spend.tweaks, run, cross_entropy_loss)
     hooks = [*tweaks.train_hooks(spend.tweaks, run), *observers]
     result = fit(run.model, run.dataset, spend.train_recipe, seed=spend.seed, runtime=run.runtime, mask=run.mask,
-                 loss_fn=loss_fn, resume=resume, on_epoch=checkpoint_epoch, hooks=hooks)
+                 loss_fn=loss_fn, keep_epochs=spend.snapshot_epochs, resume=resume, on_epoch=checkpoint_epoch,
+                 hooks=hooks)
     if run.mask is not None:
         _check_mask_holds(run.model, run.mask)
     return result
 
 
 def record_spend(run: SpendRun, result: TrainResult, observers: Sequence[Observer] = ()) -> dict[str, Any]:
-    """The spend's result, with its final weights, written to the store (result.json last)."""
+    """The spend's result, with its final weights and the snapshots it keeps, written to the store
+    (result.json last)."""
     spend = run.spend
+    lost = [e for e in spend.snapshot_epochs if e not in result.snapshots]
+    if lost:  # `spend` drops a checkpoint that lacks one, so training kept every one asked for
+        raise RuntimeError(f"spend {spend.key} kept no weights at epoch(s) {lost}")
     levels = {lv["level"]: lv for lv in run.draw_summary["levels"]}
     dense_acc = _dense_test_acc(run)
     out = {
@@ -570,8 +585,11 @@ def record_spend(run: SpendRun, result: TrainResult, observers: Sequence[Observe
         "dense_test_acc": dense_acc,
         "history": [vars(r) for r in result.history],
         "init_records": run.init_records,
+        "snapshots": list(spend.snapshot_epochs),
         **{observer.name: observer.record() for observer in observers},
     }
+    for epoch in spend.snapshot_epochs:
+        run.store.write_tensors(paths.spend_snapshot(spend.key, epoch), result.snapshots[epoch])
     run.store.write_tensors(paths.spend_weights(spend.key), state_copy(run.model))
     run.store.write_json(paths.spend_result(spend.key), out)
     return out
@@ -593,10 +611,13 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: EpochCallback |
           on_stage_epoch: StageCallback | None = None, observers: Sequence[Observer] = ()) -> dict[str, Any]:
     """Re-train one (ticket, level, tweaks) combination and return its result.
 
-    A finished spend is read back from the store when it is sound and holds what every observer
-    would record (`finished_spend`). Otherwise, under the spend's lock (identical spends train
-    once; the others wait and read the result): prepare (drawing the ticket if needed), train,
-    record. `resume` (a checkpoint payload) continues a spend; without one, the store's does.
+    A finished spend is read back from the store when it is sound, keeps the snapshots asked for
+    (`SpendConfig.snapshot_epochs`) and holds what every observer would record (`finished_spend`).
+    Otherwise, under the spend's lock (identical spends train once; the others wait and read the
+    result): prepare (drawing the ticket if needed), train, record. A spend trained again to add
+    snapshots keeps those its earlier result listed too. `resume` (a checkpoint payload)
+    continues a spend; without one, the store's does; a checkpoint past a snapshot epoch that it
+    did not keep is not resumed from (the spend starts from its first epoch).
     """
     if resume is not None and resume.get("spend_key", spend.key) != spend.key:
         raise ValueError(f"the checkpoint belongs to spend {resume['spend_key']}, not {spend.key}")
@@ -607,9 +628,11 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: EpochCallback |
         cached = finished_spend(spend, store, observers)  # another worker may have finished it meanwhile
         if cached is not None:
             return cached
+        spend = _with_earlier_snapshots(spend, store)
         if resume is None and persist_checkpoints:
             resume = _read_if_valid(store.read_torch, paths.spend_checkpoint(spend.key),
                                     "the spend starts from its first epoch")
+        resume = _keeps_snapshots(spend, resume)
         run = prepare_spend(spend, store, with_init=resume is None, on_stage_epoch=on_stage_epoch)
         result = train_spend(run, resume=resume, persist_checkpoints=persist_checkpoints, on_epoch=on_epoch,
                              on_stage_epoch=on_stage_epoch, observers=observers)
@@ -625,15 +648,50 @@ def spend(spend: SpendConfig, store: ArtifactStore, *, on_epoch: EpochCallback |
 
 def finished_spend(spend: SpendConfig, store: ArtifactStore, observers: Sequence[Observer] = (),
                    warn: bool = True) -> dict | None:
-    """A finished spend's result when it and its weights are sound and it holds what every observer
-    records; None otherwise (a corrupt one is named in one warning line and trained again)."""
+    """A finished spend's result when it, its weights and the snapshots it lists are sound, it keeps
+    every snapshot `spend` asks for and holds what every observer records; None otherwise (a
+    corrupt file is named in one warning line and the spend trained again)."""
     then = "the spend is trained again"
     result = _read_if_valid(_json_reader(store, RESULT_SHAPE), paths.spend_result(spend.key), then, warn)
-    if result is None:
+    if result is None or missing_snapshots(spend, result):
         return None
-    if not _sound(store, paths.spend_weights(spend.key), then, warn=warn, expected=True):
+    files = [paths.spend_weights(spend.key), *(paths.spend_snapshot(spend.key, e) for e in result["snapshots"])]
+    if not all([_sound(store, path, then, warn=warn, expected=True) for path in files]):  # each bad one named
         return None
     return result if all(o.covers(result.get(o.name)) for o in observers) else None
+
+
+def missing_snapshots(spend: SpendConfig, result: dict[str, Any]) -> list[int]:
+    """The snapshot epochs `spend` asks for that a stored result does not keep."""
+    kept = set(result.get("snapshots", ()))
+    return [e for e in spend.snapshot_epochs if e not in kept]
+
+
+def _with_earlier_snapshots(spend: SpendConfig, store: ArtifactStore) -> SpendConfig:
+    """`spend` also keeping the snapshots a stored result of it lists: training it again (for a new
+    snapshot) must not drop those, and all of them then come from one run."""
+    earlier = _read_if_valid(_json_reader(store, RESULT_SHAPE), paths.spend_result(spend.key), "", warn=False)
+    if earlier is None:
+        return spend
+    missing = missing_snapshots(spend, earlier)
+    if missing:
+        log.info("spend %s is stored without its weights at epoch(s) %s: trained again to keep them", spend.key,
+                 missing)
+    kept = earlier.get("snapshots", [])
+    return replace(spend, snapshot_epochs=(*spend.snapshot_epochs, *kept)) if kept else spend
+
+
+def _keeps_snapshots(spend: SpendConfig, resume: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`resume`, unless it is past a snapshot epoch whose weights it did not keep (a checkpoint of a
+    run that asked for other snapshots): then None, and the spend starts from its first epoch."""
+    if resume is None:
+        return None
+    lacking = [e for e in spend.snapshot_epochs if e <= int(resume["epoch"]) and str(e) not in resume["snapshots"]]
+    if not lacking:
+        return resume
+    log.warning("warning: the checkpoint of spend %s (epoch %s) lacks the weights at epoch(s) %s; the spend starts "
+                "from its first epoch to keep them", spend.key, resume["epoch"], lacking)
+    return None
 
 
 def _check_mask_holds(model: nn.Module, mask: Mask) -> None:

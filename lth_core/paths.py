@@ -18,6 +18,7 @@ takes the key as a string, so a caller holding only a key (`python -m lth_core s
     tickets/<key>/summary.json                       written last: the draw is complete
     tickets/<key>/failed.json                        a draw that failed for good (a layer emptied), until it finishes
     spends/<key>/final.safetensors                   a finished spend's weights (for the analyses)
+    spends/<key>/snapshot_<epoch>.safetensors        its weights after that epoch (`snapshot_epochs`)
     spends/<key>/result.json                         a finished spend, written last
     spends/<key>/checkpoint.pt                       the spend's last epoch, while it trains
 
@@ -138,6 +139,12 @@ def spend_weights(key: str) -> str:
     return f"{spend_dir(key)}/final.safetensors"
 
 
+def spend_snapshot(key: str, epoch: int) -> str:
+    """A spend's weights after `epoch` epochs (0 = the starting weights), kept on request
+    (`SpendConfig.snapshot_epochs`) for the analyses at an epoch."""
+    return f"{spend_dir(key)}/snapshot_{epoch:d}.safetensors"
+
+
 def spend_result(key: str) -> str:
     """A finished spend's result, written last: the spend is complete."""
     return f"{spend_dir(key)}/result.json"
@@ -168,7 +175,8 @@ def _layout_file_pattern() -> re.Pattern[str]:
     key, number = "KEY", 987654321
     files = [f(key) for f in (ticket_config, ticket_summary, ticket_failure, live_weights, dense_final, dense_metrics,
                               dense_checkpoint, spend_weights, spend_result, spend_checkpoint)]
-    files += [f(key, number) for f in (rewind_weights, level_mask, level_final, level_metrics, level_checkpoint)]
+    files += [f(key, number) for f in (rewind_weights, level_mask, level_final, level_metrics, level_checkpoint,
+                                       spend_snapshot)]
     return re.compile("|".join(re.escape(f).replace(key, "[0-9a-f]+").replace(str(number), "[0-9]+")
                                for f in files))
 

@@ -6,8 +6,9 @@ kernels, each launched from Python. With `Runtime.graphs`, a step of the recipe'
 captured once as a CUDA graph (`torch.cuda.graph`) and replayed after that: the batch is copied
 into static input tensors and one replay launches every kernel of the step. What a graph cannot
 hold stays eager, around it:
-  - the first `WARMUP` training steps (`EVAL_WARMUP` evaluation steps), on the stream the capture uses (lazy cuBLAS/cuDNN set-up
-    must not happen during capture); they are ordinary training steps, so nothing is wasted;
+  - the first `WARMUP` training steps (`EVAL_WARMUP` evaluation steps), on the stream the
+    capture uses (lazy cuBLAS/cuDNN set-up must not happen during capture); they are ordinary
+    training steps, so nothing is wasted;
   - a batch of another size (an epoch's last), with the same code as the graph's body;
   - the optimizer step and the mask re-apply (`fit` calls them after the step): a few fused
     `_foreach` kernels, so learning-rate schedules (SWALR too), checkpoints and `MaskApplier`

@@ -154,9 +154,9 @@ def _spend(store: ArtifactStore, key: str, corrupt: set[str]) -> list[Finding]:
     if spend.key != key or result["spend_key"] != key:
         findings.append(Finding("orphaned", paths.spend_dir(key), f"its result is for spend {spend.key} "
                                                                   "(move or delete the folder)"))
-    weights = paths.spend_weights(key)
-    if weights not in corrupt and not store.verify(weights):
-        findings.append(_file_finding(store, weights, "spend", result_path))
+    files = [paths.spend_weights(key), *(paths.spend_snapshot(key, e) for e in result.get("snapshots", []))]
+    findings += [_file_finding(store, path, "spend", result_path) for path in files
+                 if path not in corrupt and not store.verify(path)]
     return findings
 
 

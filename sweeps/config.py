@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from lth_core.config import (ConfigError, RecipeConfig, SpendConfig, TicketConfig, TweakConfig, from_dict,
-                             read_mapping, recipe_overlay, replace, to_dict)
+from lth_core.config import (ARCHS, DATASETS, ConfigError, RecipeConfig, SpendConfig, TicketConfig, TweakConfig,
+                             from_dict, read_mapping, recipe_overlay, replace, to_dict)
 from lth_core.flags import FlagTable, Parsed, add_flags, deep_merge, overrides, set_dotted
 from lth_core.mask_sources import SOURCES
 from lth_core.tweaks import REGISTRY
@@ -42,11 +42,15 @@ OptunaSpace.__module__ = __name__
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A tweak grid over the sparsity levels of one or more tickets: one per mask source
-    (`prune_methods`, empty = the ticket's own `pruning.method`) and ticket seed."""
+    """A tweak grid over the sparsity levels of one or more tickets: one per data set (`datasets`),
+    architecture (`archs`), mask source (`prune_methods`) and ticket seed; an empty list is the
+    ticket's own setting. `analyze` analyses every spend's final weights, `analyze_epochs` its
+    weights after those epochs (kept as snapshots)."""
 
     name: str = "smoke"
     ticket: TicketConfig = TicketConfig()
+    datasets: tuple[str, ...] = ()
+    archs: tuple[str, ...] = ()
     prune_methods: tuple[str, ...] = ()
     ticket_seeds: tuple[int, ...] = (0,)
     spend_recipe: RecipeConfig | None = None
@@ -64,6 +68,7 @@ class SweepConfig:
     asha: bool = False
     asha_grace_epochs: int = 2
     analyze: bool = False
+    analyze_epochs: tuple[int, ...] = ()
     hessian_every: int = 0
     optuna_trials: int = 8
     optuna_storage: str = "sqlite:///optuna.db"
@@ -90,10 +95,15 @@ class SweepConfig:
                 raise ConfigError("levels", f"level {level} is not drawn: the ticket has levels 0..{n}")
         if not self.seeds or not self.ticket_seeds or not self.combos:
             raise ConfigError("seeds/ticket_seeds/combos", "each needs at least one entry")
-        for name in ("levels", "seeds", "ticket_seeds", "prune_methods", "combos"):
+        for name in ("levels", "seeds", "ticket_seeds", "datasets", "archs", "prune_methods", "combos",
+                     "analyze_epochs"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ConfigError(name, f"lists an entry twice: {list(values)}")
+        for name, values, allowed in (("datasets", self.datasets, DATASETS), ("archs", self.archs, ARCHS)):
+            for value in values:
+                if value not in allowed:
+                    raise ConfigError(name, f"unknown value {value!r}; allowed: {', '.join(allowed)}")
         if self.cpus_per_trial <= 0:
             raise ConfigError("cpus_per_trial", f"must be > 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:
@@ -104,6 +114,11 @@ class SweepConfig:
             raise ConfigError("hessian_every", f"must be >= 0 (0 = off), got {self.hessian_every}")
         if self.optuna_trials < 1:
             raise ConfigError("optuna_trials", f"must be >= 1, got {self.optuna_trials}")
+        epochs = (self.spend_recipe or self.ticket.recipe).epochs
+        for epoch in self.analyze_epochs:
+            if not 0 <= epoch <= epochs:
+                raise ConfigError("analyze_epochs", f"epoch {epoch} is not in a spend (epochs 0..{epochs}, 0 = its "
+                                                    "starting weights)")
         for spend in self.spends():  # every combination must be a valid spend before anything runs
             pass
 
@@ -112,11 +127,15 @@ class SweepConfig:
         return self.levels or tuple(range(1, self.ticket.num_levels + 1))
 
     def tickets(self) -> list[TicketConfig]:
+        datasets = self.datasets or (self.ticket.data.name,)
+        archs = self.archs or (self.ticket.model.arch,)
         methods = self.prune_methods or (self.ticket.pruning.method,)
-        return [replace(self.ticket, seed=s, **{"pruning.method": m}) for m in methods for s in self.ticket_seeds]
+        return [replace(self.ticket, seed=s, **{"data.name": d, "model.arch": a, "pruning.method": m})
+                for d in datasets for a in archs for m in methods for s in self.ticket_seeds]
 
     def spends(self) -> list[SpendConfig]:
-        return [SpendConfig(ticket=t, level=level, recipe=self.spend_recipe, tweaks=tweaks, seed=seed)
+        return [SpendConfig(ticket=t, level=level, recipe=self.spend_recipe, tweaks=tweaks, seed=seed,
+                            snapshot_epochs=self.analyze_epochs)
                 for t in self.tickets() for level in self.spend_levels for tweaks in self.combos
                 for seed in self.seeds]
 
@@ -265,8 +284,55 @@ def _fidelity_gpu() -> dict[str, Any]:
     return {"name": "fidelity-gpu", **design, "cpus_per_trial": 2.0, "gpus_per_trial": 0.25}
 
 
+def _generalization() -> dict[str, Any]:
+    """Figures 6 and 7 on the CPU: vanilla LTH and AT + TRT (Swish, the RepVGG 1x1 skip, label
+    smoothing, GradInit) across ResNet-18, ResNet-34, VGG-16 and MobileNet at width 0.0625 on
+    digits, in the fidelity-digits preset's regime: 8 epochs, IMP to 97.2% (16 levels), spent at 59%,
+    83%, 93% and 97.2% (levels 4, 8, 12, 16), 3 ticket seeds. The report's cross-family panel
+    draws it. Another offline data set joins with --datasets (docs/report.md: its cost)."""
+    at_trt = {"activation": "swish", "skip": "conv1x1", "label_smoothing": 0.1, "rescale_init": "on"}
+    return {
+        "name": "generalization",
+        "ticket": {"model": {"arch": "resnet18", "width": 0.0625},
+                   "recipe": {"epochs": 8, "batch_size": 64, "device": "cpu"},
+                   "pruning": {"method": "imp", "rate": 0.2, "levels": 16}},
+        "datasets": ["digits"],
+        "archs": list(ARCHS),
+        "levels": [4, 8, 12, 16],
+        "ticket_seeds": [0, 1, 2],
+        "combos": [{}, at_trt],
+        "cpus_per_trial": 1.0,
+        "optuna_trials": 4,
+    }
+
+
+def _generalization_gpu() -> dict[str, Any]:
+    """Figures 6 and 7 as the paper ran them, on GPUs: the four architectures at width 1 on
+    CIFAR-10, CIFAR-100 and Tiny-ImageNet ($LTH_DATA_ROOT: the folder holding the three extracted
+    data sets) with the paper's recipe (180 epochs, IMP to 97.2%), vanilla LTH and AT + TRT at
+    every level, 3 ticket seeds."""
+    gpu = _paper()
+    return {
+        "name": "generalization-gpu",
+        "ticket": {**gpu["ticket"], "model": {"arch": "resnet18", "width": 1.0}, "keep_epochs": []},
+        "datasets": ["cifar10", "cifar100", "tinyimagenet"],
+        "archs": list(ARCHS),
+        "ticket_seeds": [0, 1, 2],
+        "combos": [{}, {"activation": "swish", "skip": "conv1x1", "label_smoothing": 0.1,
+                        "rescale_init": {"iterations": 390}}],
+        "cpus_per_trial": gpu["cpus_per_trial"],
+        "gpus_per_trial": gpu["gpus_per_trial"],
+        "optuna_trials": gpu["optuna_trials"],
+    }
+
+
 PRESETS = {"smoke": _smoke, "paper": _paper, "fidelity": _fidelity, "fidelity-digits": _fidelity_digits,
-           "fidelity-gpu": _fidelity_gpu}
+           "fidelity-gpu": _fidelity_gpu, "generalization": _generalization,
+           "generalization-gpu": _generalization_gpu}
+
+
+
+
 
 # flag -> (dotted field of SweepConfig, kind, help); kinds: lth_core.flags
 FLAGS: FlagTable = {
@@ -292,6 +358,10 @@ FLAGS: FlagTable = {
                                   "level); the number of levels to draw is --num-levels"),
     "--seeds": ("seeds", "ints", "re-training seeds, comma separated"),
     "--ticket-seeds": ("ticket_seeds", "ints", "one ticket per seed, comma separated"),
+    "--datasets": ("datasets", Parsed(lambda text: [d.strip() for d in text.split(",") if d.strip()], "DATASETS"),
+                   "one draw per data set, comma separated (default: --dataset's)"),
+    "--archs": ("archs", Parsed(lambda text: [a.strip() for a in text.split(",") if a.strip()], "ARCHS"),
+                "one draw per architecture, comma separated (default: --arch's)"),
     "--prune-methods": ("prune_methods", Parsed(lambda text: [m.strip() for m in text.split(",") if m.strip()],
                                                 "METHODS"),
                         "mask sources, one draw each, comma separated: " + ", ".join(SOURCES)),
@@ -299,7 +369,10 @@ FLAGS: FlagTable = {
     "--gpus-per-trial": ("gpus_per_trial", float, "GPUs per trial (0.25 puts four trials on a GPU; graphed trials do not gain from it)"),
     "--max-concurrent": ("max_concurrent", int, "most trials at once (0 = as resources allow)"),
     "--asha": ("asha", "flag", "stop weak combinations early (ASHA on validation accuracy)"),
-    "--analyze": ("analyze", "flag", "log activation sparsity and the top Hessian eigenvalue of every spent ticket"),
+    "--analyze": ("analyze", "flag", "log activation sparsity, the top Hessian eigenvalue and the loss landscapes "
+                                     "(weights and inputs) of every spend's final weights"),
+    "--analyze-epochs": ("analyze_epochs", "ints", "also analyse every spend's weights after these epochs (kept as "
+                                                   "snapshots; 0 = its start), comma separated"),
     "--hessian-every": ("hessian_every", int, "track the top Hessian eigenvalue every N epochs of each spend"),
     "--optuna-trials": ("optuna_trials", int, "completed Optuna trials per level study, counted over every run"),
     "--optuna-storage": ("optuna_storage", str, "Optuna RDB storage URL (sqlite default; a database URL on a cluster)"),
@@ -311,7 +384,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="starting point: smoke (digits, CPU, minutes), fidelity (Fashion-MNIST, CPU, the "
                              "paper's claims where no weight is dead, under an hour on 2 cores), fidelity-digits "
                              "(the first, digits design of docs/results.md), fidelity-gpu (fidelity's design on "
-                             "the whole Fashion-MNIST, about 10 minutes on one H200) or paper (CIFAR-100, GPUs) "
+                             "the whole Fashion-MNIST, about 10 minutes on one H200), paper (CIFAR-100, GPUs), "
+                             "generalization (Figures 6 and 7: four architectures on the offline data sets, CPU) "
+                             "or generalization-gpu (the same at width 1 on CIFAR-10/100 and Tiny-ImageNet, GPUs) "
                              "(default: smoke)")
     parser.add_argument("--config", help="YAML or JSON file with SweepConfig fields, laid over the preset")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -403,5 +478,6 @@ def trial_base(sweep: SweepConfig, parent_run_id: str | None) -> dict[str, Any]:
     """The fixed part of every trial's config (the search varies the rest)."""
     return {"store": sweep.store, "tracking_uri": sweep.tracking_uri if parent_run_id else None,
             "parent_run_id": parent_run_id, "cpus_per_trial": sweep.cpus_per_trial,
-            "gpus_per_trial": sweep.gpus_per_trial, "analyze": sweep.analyze, "hessian_every": sweep.hessian_every,
+            "gpus_per_trial": sweep.gpus_per_trial, "analyze": sweep.analyze,
+            "analyze_epochs": list(sweep.analyze_epochs), "hessian_every": sweep.hessian_every,
             "spend_recipe": to_dict(sweep.spend_recipe) if sweep.spend_recipe is not None else None}

@@ -89,14 +89,14 @@ class LevelStudy:
 
 
 def study_prefixes(sweep: SweepConfig) -> list[tuple[TicketConfig, str]]:
-    """(ticket, study prefix): the sweep name, with `-<mask source>` when there are several sources
-    and `-ticket<seed>` when there are several ticket seeds. Each source gets studies of its own:
-    one study across sources would rank masks and tweaks together, on different vanilla baselines."""
+    """(ticket, study prefix): the sweep name, with `-<data set>`, `-<architecture>`, `-<mask source>`
+    and `-ticket<seed>` for each of these the sweep has several of. Each ticket family gets studies
+    of its own: one study across them would rank families and tweaks together, on different vanilla
+    baselines."""
     tickets = sweep.tickets()
-    several_methods = len({t.pruning.method for t in tickets}) > 1
-    several_seeds = len({t.seed for t in tickets}) > 1
-    return [(t, sweep.name + f"-{t.pruning.method}" * several_methods + f"-ticket{t.seed}" * several_seeds)
-            for t in tickets]
+    parts = [lambda t: t.data.name, lambda t: t.model.arch, lambda t: t.pruning.method, lambda t: f"ticket{t.seed}"]
+    varied = [part for part in parts if len({part(t) for t in tickets}) > 1]
+    return [(t, "-".join([sweep.name, *(part(t) for part in varied)])) for t in tickets]
 
 
 def level_studies(sweep: SweepConfig) -> list[LevelStudy]:

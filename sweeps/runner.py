@@ -272,7 +272,8 @@ def sweep_session(sweep: SweepConfig, preset: str, kind: str,
         from lth_core.data import DatasetNotFoundError, check_files
 
         try:
-            check_files(sweep.ticket.data)
+            for data in {t.data for t in sweep.tickets()}:
+                check_files(data)
         except DatasetNotFoundError as e:
             raise SweepError(str(e)) from None
     init_ray(sweep)

@@ -11,10 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lth_core.analysis import (HessianTracker, activation_sparsity, format_table, is_activation, loss_along,
-                               loss_surface_1d, loss_surface_2d, plot_activation_sparsity, plot_eigenvalue_history,
-                               plot_surface_1d, plot_surface_2d, random_direction, run_all, save_npz,
-                               top_hessian_eigenvalues)
+from scipy.special import logsumexp
+
+from lth_core.analysis import (HessianTracker, activation_sparsity, format_table, gradient_sign_direction,
+                               input_landscape, is_activation, loss_along, loss_surface_1d, loss_surface_2d,
+                               plot_activation_sparsity, plot_eigenvalue_history, plot_lines, plot_surface_1d,
+                               plot_surface_2d, plot_surfaces_side_by_side, random_direction, random_input_direction,
+                               run_all, save_npz, shared_levels, top_hessian_eigenvalues)
 from lth_core.masks import Mask
 
 
@@ -233,6 +236,17 @@ def test_random_direction_is_masked_filter_normalized_and_zero_on_1d_params():
     assert not torch.equal(random_direction(model, mask, seed=4)["stem.0.weight"], direction["stem.0.weight"])
 
 
+def test_random_direction_is_the_same_for_a_parameter_another_model_shares():
+    """Compared spends of one ticket share their directions: an injected skip adds parameters,
+    and the shared ones must still get the same draw (filter-normalized to equal weights here)."""
+    plain = conv_net()
+    grown = conv_net()
+    grown.stem.add_module("skip", nn.Conv2d(1, 4, 1, bias=False))  # registered after stem.0 and stem.1
+    d_plain, d_grown = random_direction(plain, seed=3), random_direction(grown, seed=3)
+    assert set(d_grown) - set(d_plain) == {"stem.skip.weight"}
+    assert all(torch.equal(d_plain[n], d_grown[n]) for n in d_plain)
+
+
 def test_surfaces_start_at_the_model_loss_and_leave_the_model_alone():
     model = conv_net()
     model.train()
@@ -251,6 +265,87 @@ def test_surfaces_start_at_the_model_loss_and_leave_the_model_alone():
     np.testing.assert_allclose(surface[:, 1], line, rtol=1e-6)
     assert line[0] != pytest.approx(line[1])
     np.testing.assert_allclose(loss_along(model, batches, d1, alphas), line, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- input-space landscape
+
+
+def linear_problem():
+    """A linear classifier in float64 and images whose norms differ by a factor of 40."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).double()
+    g = torch.Generator().manual_seed(5)
+    scale = torch.tensor([0.2, 0.5, 1.0, 2.0, 4.0, 8.0], dtype=torch.float64).view(6, 1, 1, 1)
+    images = torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64) * scale
+    return model, images, torch.randint(0, 3, (6,), generator=g)
+
+
+def closed_form_loss(model, images, labels, *moves) -> float:
+    """Mean cross-entropy of the linear model at x + sum(c * d), by hand: the logits move by
+    c * W d, and the loss of an image is logsumexp(z) - z_y."""
+    w, b = model[1].weight.detach().numpy(), model[1].bias.detach().numpy()
+    flat = lambda t: t.detach().reshape(len(t), -1).numpy()  # noqa: E731
+    z = flat(images) @ w.T + b + sum(c * flat(d) @ w.T for c, d in moves)
+    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(labels)), labels.numpy()]))
+
+
+def to_image_norms(direction, images):
+    """Each image's direction scaled to the image's own norm, by hand."""
+    norms = images.reshape(len(images), -1).norm(dim=1) / direction.reshape(len(images), -1).norm(dim=1)
+    return direction * norms.view(-1, 1, 1, 1)
+
+
+def test_input_landscape_matches_the_closed_form_of_a_linear_model():
+    """The loss along each input direction, and over two, is the hand-computed one, with every
+    direction normalised to its own image's norm (images here differ in norm 40-fold, so a
+    missing or batch-wide normalisation gives other numbers)."""
+    model, images, labels = linear_problem()
+    steps, seed = [-0.5, -0.1, 0.0, 0.2, 0.5], 7
+    got = input_landscape(model, images, labels, steps, seed=seed)
+
+    w, b = model[1].weight.detach(), model[1].bias.detach()
+    logits = images.reshape(6, -1) @ w.T + b
+    grad = (torch.softmax(logits, 1) - F.one_hot(labels, 3)) @ w  # d CE_i / d x_i
+    sign = to_image_norms(grad.sign().view_as(images), images)
+    gaussians = [torch.randn(images.shape, generator=torch.Generator().manual_seed(s)).double() for s in (seed, seed + 1)]
+    d1, d2 = (to_image_norms(g, images) for g in gaussians)
+
+    np.testing.assert_allclose(got["steps"], steps)
+    np.testing.assert_allclose(got["gradient_sign_1d"], [closed_form_loss(model, images, labels, (e, sign))
+                                                         for e in steps], rtol=1e-6)
+    np.testing.assert_allclose(got["random_1d"], [closed_form_loss(model, images, labels, (e, d1)) for e in steps],
+                               rtol=1e-5)
+    np.testing.assert_allclose(got["surface_2d"], [[closed_form_loss(model, images, labels, (a, d1), (c, d2))
+                                                    for c in steps] for a in steps], rtol=1e-5)
+    assert got["gradient_sign_1d"][-1] > got["gradient_sign_1d"][2]  # uphill along the gradient's sign
+    norms = lambda t: t.reshape(6, -1).norm(dim=1)  # noqa: E731
+    for d in (random_input_direction(images, seed), gradient_sign_direction(model, images, labels)):
+        torch.testing.assert_close(norms(d), norms(images))
+
+
+def test_input_landscape_leaves_the_model_alone():
+    model = conv_net()
+    model.train()
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    images, labels = image_batches((8,))[0]
+    got = input_landscape(model, images, labels, [-0.2, 0.0, 0.2], seed=1)
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+    assert all(m.training for m in model.modules()) and all(p.grad is None for p in model.parameters())
+    model.eval()
+    assert got["random_1d"][1] == pytest.approx(mean_loss(model, [(images, labels)]), rel=1e-6)
+    assert got["surface_2d"].shape == (3, 3) and got["surface_2d"][1, 1] == pytest.approx(got["random_1d"][1])
+
+
+def test_side_by_side_contours_share_levels_and_colour_scale(tmp_path):
+    steps = np.linspace(-1, 1, 5)
+    flat, steep = np.add.outer(steps ** 2, steps ** 2) + 0.5, 10 * np.add.outer(steps ** 2, steps ** 2) + 0.1
+    levels, norm = shared_levels([flat, steep])
+    assert levels[0] == pytest.approx(0.1) and levels[-1] == pytest.approx(20.1)
+    assert (norm.vmin, norm.vmax) == (levels[0], levels[-1])
+    path = plot_surfaces_side_by_side(steps, steps, {"vanilla": flat, "swish": steep}, tmp_path / "side.png", "t")
+    lines = plot_lines(steps, {"random": {"vanilla": steps ** 2, "swish": steps}}, tmp_path / "lines.png")
+    for p in (path, lines):
+        assert p.read_bytes().startswith(b"\x89PNG") and p.stat().st_size > 1000
 
 
 def test_plots_and_npz_are_written(tmp_path):
@@ -276,8 +371,11 @@ def test_run_all_writes_everything(tmp_path):
     mask = random_mask(model)
     mask.apply_(model)
     summary = run_all(model, image_batches((8, 8)), image_batches((8,), seed=1), mask=mask, out_dir=tmp_path,
-                      max_iter=5, grid=3)
+                      max_iter=5, grid=3, input_images=image_batches((5,), seed=2)[0])
     assert json.loads((tmp_path / "analysis.json").read_text()) == summary
+    assert summary["input_landscape"]["images"] == 5 and len(summary["input_landscape"]["gradient_sign_1d"]) == 3
+    with np.load(tmp_path / "input_landscape.npz") as data:
+        assert data["surface_2d"].shape == (3, 3)
     assert len(summary["hessian"]["eigenvalues"]) == 1
     assert set(summary["activation_sparsity"]["stages"]) == {"stem", "layer1"}
     with np.load(tmp_path / "landscape.npz") as data:

@@ -128,6 +128,8 @@ CORE = [
      ["--compare-activations", "foo"]),
     ("no-compared-activation", ["analyze", "--compare-activations", ","], ["--compare-activations"]),
     ("negative-threshold", ["analyze", "--threshold", "-1"], ["--threshold"]),
+    ("epoch-past-end", ["analyze", "--epoch", "999"], ["--epoch 999", "it trains 180"]),
+    ("snapshot-past-end", ["spend", "--snapshot-epochs", "5,999"], ["snapshot_epochs", "--snapshot-epochs"]),
     ("empty-store", ["draw", *TINY_TICKET, "--store", ""], ["--store"]),
     ("unknown-store-scheme", ["draw", *TINY_TICKET, "--store", "foo://bar"], ["--store", "foo://bar"]),
     ("key-not-a-key", ["show", "--key", "../x"], ["--key", "../x"]),
@@ -297,6 +299,8 @@ SWEEPS = [
     ("data-missing", ["--dataset", "cifar100", "--data-root", "ROOT/none"],
      ["https://www.cs.toronto.edu/~kriz/cifar.html", "--data-root"]),
     ("data-truncated", ["--dataset", "cifar10", "--data-root", "CIFAR-truncated"], ["data_batch_1"]),
+    ("analyze-epoch-past-end", ["--analyze-epochs", "1,9"], ["analyze_epochs", "epoch 9"]),
+    ("unknown-arch", ["--archs", "resnet18,resnet50"], ["archs", "resnet50"]),
 ]
 
 
@@ -366,8 +370,10 @@ def test_the_sweep_help_shows_real_defaults(capsys):
         full_grid.main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in out
-    assert "(default: smoke 0.25; paper 1; fidelity 0.0625; fidelity-digits 0.0625; fidelity-gpu 0.5)" in out
-    assert "(default: smoke 5; paper 16; fidelity 16; fidelity-digits 16; fidelity-gpu 16)" in out
+    assert ("(default: smoke 0.25; paper 1; fidelity 0.0625; fidelity-digits 0.0625; fidelity-gpu 0.5; "
+            "generalization 0.0625; generalization-gpu 1)") in out
+    assert ("(default: smoke 5; paper 16; fidelity 16; fidelity-digits 16; fidelity-gpu 16; generalization 16; "
+            "generalization-gpu 16)") in out
 
 
 # ------------------------------------------------------------------------------ the report

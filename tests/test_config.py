@@ -42,6 +42,10 @@ def test_adding_a_defaulted_field_keeps_old_keys():
     assert content_key(Old2(a=3, b=8)) != content_key(Old(a=3))
 
 
+def test_snapshot_epochs_are_no_part_of_a_spend_key():
+    assert SpendConfig(snapshot_epochs=(5, 180)).key == SpendConfig().key
+
+
 def test_vanilla_spend_key_does_not_depend_on_tweak_section():
     assert SpendConfig().key == SpendConfig(tweaks=TweakConfig()).key
     assert SpendConfig(tweaks=TweakConfig(kd=KDConfig())).key != SpendConfig().key

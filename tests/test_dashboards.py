@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -541,3 +542,86 @@ def test_live_axis_without_live_sparsity_is_refused(store, tmp_path, capsys):
     assert code == 2 and "--sparsity live" in err and "--sparsity nominal" in err
     assert not (tmp_path / "r").exists()
     assert analysis.platforms(collect.load_sweep(collect.connect(store.uri), "single-seed").trials).empty
+
+
+# Figures 6 and 7, 5 and 11: the cross-family panel and the landscapes.
+
+
+def test_the_panel_draws_chosen_combinations_and_refuses_unknown_ones(store, tmp_path, capsys):
+    args = ["--experiment", EXPERIMENT, "--tracking-uri", store.uri, "--no-log-artifacts"]
+    assert report.main([*args, "--out", str(tmp_path / "bad"), "--panel", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --panel nope: no finished run of that combination" in err and "swish+rewind33" in err
+    assert not (tmp_path / "bad").exists()
+    assert report.main([*args, "--out", str(tmp_path / "ok"), "--panel", "swish", "--panel", "ls0.1"]) == 0
+    section = (tmp_path / "ok" / "report.html").read_text().split('<section id="families">')[1].split("</section>")[0]
+    assert "swish, ls0.1" in section and section.count("<img") == 1 and (tmp_path / "ok" / "families.png").exists()
+
+
+def test_without_at_trt_the_panel_says_how(built):
+    section = (built / "report.html").read_text().split('<section id="families">')[1].split("</section>")[0]
+    assert "No AT + TRT combination" in section and "--panel" in section and "<img" not in section
+
+
+def test_families_are_ordered_by_data_set_then_architecture():
+    trials = pd.DataFrame({"stage": ["spend"] * 4, "dataset": ["fashion-mnist", "digits", "digits", "digits"],
+                           "arch": ["resnet18", "vgg16", "resnet18", "resnet34"], "width": [0.0625] * 4,
+                           "prune_method": ["imp"] * 4})
+    found = analysis.families(trials)
+    assert list(zip(found["dataset"], found["arch"])) == [("digits", "resnet18"), ("digits", "resnet34"),
+                                                          ("digits", "vgg16"), ("fashion-mnist", "resnet18")]
+    assert found["setting"].iloc[0] == "digits resnet18 w0.0625 imp"
+
+
+@pytest.fixture(scope="module")
+def landscaped(drawn, tmp_path_factory):
+    """A sweep's spend runs as the spend trainable logs them with --analyze --analyze-epochs 1:
+    vanilla and Swish spends of one ticket, analysed after epoch 1 and at the end."""
+    from lth_core.config import SpendConfig, TweakConfig
+    from lth_core.lottery import spend
+    from tracking.runs import TrialRun, start_parent_run
+    from trainables.spend import spend_analyses
+
+    store, ticket, _ = drawn
+    root = tmp_path_factory.mktemp("landscaped")
+    uri = f"sqlite:///{root}/mlflow.db"
+    parent = start_parent_run(uri, "landscaped", "smoke", L.KIND_GRID)
+    docs = {}
+    for tweaks in (TweakConfig(), TweakConfig(activation="swish")):
+        config = SpendConfig(ticket=ticket, level=2, tweaks=tweaks, snapshot_epochs=(1,))
+        result = spend(config, store)
+        run = TrialRun.for_spend(uri, parent, config, result["sparsity"])
+        analyses = spend_analyses(config, store, True, batches=1, grid=3)
+        run.log_spend_result(result, device_share=1.0, analysis=analyses[-1]["metrics"])
+        run.log_analyses(analyses)
+        run.finish()
+        docs[tweaks.describe()] = analyses
+    return collect.load_sweep(collect.connect(uri), "landscaped"), docs
+
+
+def test_the_landscapes_a_sweep_logs_reach_the_report(landscaped, tmp_path):
+    sweep, docs = landscaped
+    frame = sweep.landscapes.sort_values("weights")
+    assert list(frame["weights"]) == ["epoch_1", "epoch_1", "final", "final"]
+    assert list(frame["epoch"].fillna(-1)) == [1, 1, -1, -1]  # -1: the final weights have no epoch
+    found = analysis.landscape_sets(sweep.trials, sweep.landscapes)
+    assert [(f.weights, f.level, list(f.views["surface_2d"])) for f in found] == [
+        ("epoch_1", 2, ["vanilla", "swish"]), ("final", 2, ["vanilla", "swish"])]
+    for f, i in zip(found, (0, 1)):
+        for tweak in ("vanilla", "swish"):
+            doc = docs[tweak][i]
+            np.testing.assert_allclose(f.views["surface_2d"][tweak], doc["landscape"]["surface_2d"])
+            np.testing.assert_allclose(f.views["input_gradient_sign_1d"][tweak],
+                                       doc["input_landscape"]["gradient_sign_1d"])
+    # Epoch 1 and the end are other weights: other landscapes.
+    assert not np.allclose(found[0].views["surface_2d"]["vanilla"], found[1].views["surface_2d"]["vanilla"])
+    report.build_report(sweep, tmp_path)
+    section = (tmp_path / "report.html").read_text().split('<section id="landscapes">')[1].split("</section>")[0]
+    assert "weights after epoch 1" in section and "final weights" in section and section.count("<img") == 6
+    assert {"landscape_L2_epoch_1.png", "input_lines_L2_final.png", "input_landscape_L2_final.png"} <= {
+        p.name for p in tmp_path.glob("*.png")}
+
+
+def test_a_sweep_without_landscapes_shows_how(built):
+    section = (built / "report.html").read_text().split('<section id="landscapes">')[1].split("</section>")[0]
+    assert "--analyze-epochs" in section and "<img" not in section

@@ -36,6 +36,7 @@ PINNED = [
     (paths.spend_lock(K), "spend-0123abcd"),
     (paths.spend_dir(K), "spends/0123abcd"),
     (paths.spend_weights(K), "spends/0123abcd/final.safetensors"),
+    (paths.spend_snapshot(K, 5), "spends/0123abcd/snapshot_5.safetensors"),
     (paths.spend_result(K), "spends/0123abcd/result.json"),
     (paths.spend_checkpoint(K), "spends/0123abcd/checkpoint.pt"),
 ]
@@ -56,7 +57,7 @@ def test_a_key_that_would_leave_its_folder_is_refused(key):
 
 def test_every_file_of_the_layout_and_nothing_else_is_the_store_s():
     files = [built for built, expected in PINNED if "." in expected.rsplit("/", 1)[-1]]
-    assert len(files) == 16 and all(paths.is_layout_file(f) for f in files)
+    assert len(files) == 17 and all(paths.is_layout_file(f) for f in files)
     assert all(paths.finished_mark(f) in (paths.ticket_summary(K), paths.spend_result(K)) for f in files)
     for other in ("README.txt", "tickets/notes.txt", "tickets/0123abcd/README.md", "tickets/notes/config.json",
                   "tickets/0123abcd/level_1/mask.safetensors.bak", "tickets/0123abcd/level_1/mask.safetensors.sha256",
@@ -72,6 +73,8 @@ def test_levels_and_epochs_must_be_integers():
         paths.level_mask(K, 1.5)
     with pytest.raises(ValueError):
         paths.rewind_weights(K, "0")
+    with pytest.raises(ValueError):
+        paths.spend_snapshot(K, 1.5)
 
 
 def test_a_store_written_by_draw_and_spend_is_found_by_these_paths(tmp_path):
@@ -102,12 +105,14 @@ def test_a_store_written_by_draw_and_spend_is_found_by_these_paths(tmp_path):
     assert store.read_json(paths.ticket_summary(key)) == summary
     assert store.read_json(paths.level_metrics(key, 2))["level"] == 2
 
-    cfg = SpendConfig(ticket=ticket, level=2, recipe=RecipeConfig(epochs=1, batch_size=128, device="cpu"))
+    cfg = SpendConfig(ticket=ticket, level=2, recipe=RecipeConfig(epochs=1, batch_size=128, device="cpu"),
+                      snapshot_epochs=(0,))
     spend_checkpoints = []
     result = spend(cfg, store, on_epoch=lambda record, payload: spend_checkpoints.append(
         store.exists(paths.spend_checkpoint(cfg.key))))
     assert spend_checkpoints == [True]
-    assert set(store.list(paths.spend_dir(cfg.key))) == {paths.spend_result(cfg.key), paths.spend_weights(cfg.key)}
+    assert set(store.list(paths.spend_dir(cfg.key))) == {paths.spend_result(cfg.key), paths.spend_weights(cfg.key),
+                                                         paths.spend_snapshot(cfg.key, 0)}
     assert store.read_json(paths.spend_result(cfg.key))["spend_key"] == cfg.key == result["spend_key"]
 
 

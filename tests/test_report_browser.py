@@ -1,6 +1,7 @@
-"""The report page in headless Chromium: it renders (not blank), every image decodes, and the
-console stays clean. Chromium comes from tests/chromium.py; when it cannot be found or
-installed the test fails with the reason instead of skipping."""
+"""The report page in headless Chromium: it renders (not blank), every image decodes (the
+cross-family panel and the side-by-side landscapes among them), and the console stays clean.
+Chromium comes from tests/chromium.py; when it cannot be found or installed the test fails with
+the reason instead of skipping."""
 
 from __future__ import annotations
 
@@ -8,34 +9,56 @@ import re
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 
 from chromium import run_chromium
 from dashboards import collect, report
 
-ACC = {"vanilla": [0.90, 0.87, 0.80], "swish": [0.91, 0.90, 0.86], "swish+rewind20": [0.90, 0.905, 0.88]}
+AT_TRT = "swish+skip-conv1x1+ls0.1+gradinit"
+ACC = {"vanilla": [0.90, 0.87, 0.80], "swish": [0.91, 0.90, 0.86], "swish+rewind20": [0.90, 0.905, 0.88],
+       AT_TRT: [0.92, 0.91, 0.89]}
 SPARSITY = [0.2, 0.36, 0.488]
+ARCHS = {"resnet18": 0.0, "vgg16": -0.05}  # two ticket families: the cross-family panel has two cells
+STEPS = np.linspace(-1, 1, 5)
+
+
+def bowl(depth: float) -> np.ndarray:
+    """A loss surface on STEPS x STEPS, steeper with `depth`."""
+    return 0.5 + depth * np.add.outer(STEPS ** 2, 0.5 * STEPS ** 2)
 
 
 def synthetic_sweep() -> collect.Sweep:
-    """A two-seed sweep shaped like collect.trials_frame's output, without MLflow."""
-    rows, start = [], pd.Timestamp("2026-01-01", tz="UTC")
-    for seed in (0, 1):
-        rows.append({"run_id": f"draw{seed}", "stage": "draw", "status": "FINISHED", "final": True,
-                     "ticket_key": f"tk{seed}", "seed": seed, "dense_test_acc": 0.91 + 0.01 * seed})
-        for tweak, accs in ACC.items():
-            for level, (acc, sparsity) in enumerate(zip(accs, SPARSITY), start=1):
-                rows.append({"run_id": f"{tweak}-{level}-{seed}", "stage": "spend", "status": "FINISHED",
-                             "final": True, "tweak": tweak, "ticket_key": f"tk{seed}",
-                             "spend_key": f"{tweak}-{level}-{seed}", "seed": seed, "level": level,
-                             "sparsity": sparsity, "rewind_epoch": 20 if "rewind" in tweak else 0,
-                             "test_acc": acc + 0.004 * seed, "best_val_acc": acc, "device_seconds": 30.0 * level})
-    trials = pd.DataFrame(rows).assign(dataset="digits", arch="resnet18", width=0.125, prune_method="imp",
-                                       start_time=start)
+    """A two-seed sweep over two architectures shaped like collect.trials_frame's output, with the
+    landscapes an --analyze --analyze-epochs 1 sweep logs (for one architecture), without MLflow."""
+    rows, landscapes, start = [], [], pd.Timestamp("2026-01-01", tz="UTC")
+    for arch, shift in ARCHS.items():
+        for seed in (0, 1):
+            ticket = f"tk-{arch}-{seed}"
+            rows.append({"run_id": f"draw-{arch}-{seed}", "stage": "draw", "status": "FINISHED", "final": True,
+                         "ticket_key": ticket, "seed": seed, "arch": arch, "dense_test_acc": 0.91 + 0.01 * seed})
+            for t, (tweak, accs) in enumerate(ACC.items()):
+                for level, (acc, sparsity) in enumerate(zip(accs, SPARSITY), start=1):
+                    run_id = f"{arch}-{tweak}-{level}-{seed}"
+                    rows.append({"run_id": run_id, "stage": "spend", "status": "FINISHED", "arch": arch,
+                                 "final": True, "tweak": tweak, "ticket_key": ticket, "spend_key": run_id,
+                                 "seed": seed, "level": level, "sparsity": sparsity,
+                                 "rewind_epoch": 20 if "rewind" in tweak else 0,
+                                 "test_acc": acc + shift + 0.004 * seed, "best_val_acc": acc,
+                                 "device_seconds": 30.0 * level})
+                    if level == 3 and arch == "resnet18":
+                        landscapes += [{"run_id": run_id, "weights": weights, "epoch": epoch, "steps": STEPS,
+                                        "surface_2d": bowl(depth * (1 + t)), "input_steps": STEPS / 2,
+                                        "input_random_1d": 0.4 + depth * STEPS ** 2,
+                                        "input_gradient_sign_1d": 0.4 + depth * (1 + t) * (STEPS + 1),
+                                        "input_surface_2d": bowl(depth / (1 + t))}
+                                       for weights, epoch, depth in (("epoch_1", 1, 4.0), ("final", None, 1.0))]
+    trials = pd.DataFrame(rows).assign(dataset="digits", width=0.125, prune_method="imp", start_time=start)
     draw_levels = pd.DataFrame(columns=["run_id", "ticket_key", "level", *collect.DRAW_LEVEL_METRICS])
+    frame = pd.DataFrame(landscapes, columns=collect.LANDSCAPE_COLUMNS).astype({"epoch": "Int64"})
     return collect.Sweep(experiment="browser", tracking_uri="sqlite:///none.db", trials=trials,
-                         draw_levels=draw_levels, optuna_note="This is a grid sweep.")
+                         draw_levels=draw_levels, optuna_note="This is a grid sweep.", landscapes=frame)
 
 
 def console_lines(stderr: str) -> list[str]:
@@ -69,11 +92,20 @@ def test_report_renders_in_chromium(page, tmp_path):
     assert console_lines(proc.stderr) == []
 
 
+# The figures of the cross-family panel and the landscapes (of the epoch-1 and the final weights,
+# each with weight-space contours, input-space lines and input-space contours).
+NEW_FIGURES = {"accuracy vs sparsity per architecture and data set": 1, "weight-space loss contours": 2,
+               "input-space loss along directions": 2, "input-space loss contours": 2}
+
+
 def test_every_image_decodes(page, tmp_path):
     proc = run_chromium(page.resolve().as_uri(), tmp_path / "profile", "--dump-dom")
     images, decoded, mark = image_states(proc.stdout)
     assert images == len(list(page.parent.glob("*.png"))) >= 5
     assert decoded == images and mark == f"{images}/{images}"
+    for alt, count in NEW_FIGURES.items():
+        shown = re.findall(rf'<img\b[^>]*alt="{re.escape(alt)}"[^>]*>', proc.stdout)
+        assert len(shown) == count and all('data-ok="1"' in tag for tag in shown), alt
     assert console_lines(proc.stderr) == []
 
 

@@ -27,7 +27,7 @@ from lth_core.lottery import spend
 from lth_core.store import ArtifactStore
 from lth_core.tweaks import mlflow_params
 from sweeps import full_grid, runner
-from sweeps.config import add_arguments, sweep_from_args
+from sweeps.config import add_arguments, sweep_from_args, trial_base
 from tracking import layout as L
 
 EPOCHS = 2
@@ -528,6 +528,38 @@ def test_local_paths_become_absolute_for_trials_that_run_elsewhere(tmp_path, mon
     assert sweep.tracking_uri == (tmp_path / "mlruns").as_uri()
     assert sweep.optuna_storage == f"sqlite:///{tmp_path}/o.db"
     assert resolve_paths(SweepConfig(tracking_uri="http://mlflow:5000")).tracking_uri == "http://mlflow:5000"
+
+
+def test_families_and_analysed_epochs_expand_into_tickets_spends_and_trials(tmp_path):
+    """The generalization preset draws a ticket per architecture (and data set) and seed; epochs
+    to analyse become every spend's snapshots, in the trial config too, and never change a key."""
+    from lth_core.config import ConfigError, from_dict
+    from sweeps import optuna_search
+    from sweeps.config import PRESETS, SweepConfig
+    from trainables.common import spend_from_trial
+
+    preset = PRESETS["generalization"]()
+    sweep = from_dict(SweepConfig, {**preset, "analyze_epochs": [1, 8]})
+    tickets = sweep.tickets()
+    assert [(t.data.name, t.model.arch, t.seed) for t in tickets[:4]] == [
+        ("digits", "resnet18", 0), ("digits", "resnet18", 1), ("digits", "resnet18", 2), ("digits", "resnet34", 0)]
+    assert len(tickets) == 12 and len(sweep.spends()) == 96
+    assert {s.snapshot_epochs for s in sweep.spends()} == {(1, 8)}
+    assert [s.key for s in sweep.spends()] == [s.key for s in from_dict(SweepConfig, preset).spends()]
+    trial = {**trial_base(sweep, None), "ticket": to_dict(tickets[3]), "level": 4, "tweaks": {}}
+    assert spend_from_trial(trial).snapshot_epochs == (1, 8)
+    prefixes = [prefix for _, prefix in optuna_search.study_prefixes(sweep)]
+    assert prefixes[:4] == ["generalization-resnet18-ticket0", "generalization-resnet18-ticket1",
+                            "generalization-resnet18-ticket2", "generalization-resnet34-ticket0"]
+    for change, words in (({"analyze_epochs": [9]}, "analyze_epochs: epoch 9 is not in a spend"),
+                          ({"archs": ["resnet50"]}, "archs: unknown value 'resnet50'"),
+                          ({"datasets": ["mnist"]}, "datasets: unknown value 'mnist'")):
+        with pytest.raises(ConfigError, match=words):
+            from_dict(SweepConfig, {**preset, **change})
+    run = run_grid(tmp_path, ["--preset", "generalization", "--dry-run", "--store", str(tmp_path / "s"),
+                              "--results-dir", str(tmp_path / "r"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert run.code == 0 and "draws:   12 ticket(s)" in run.err and "trials:  96" in run.err
+    assert "digits, mobilenet x0.0625, 16 IMP levels, 8 epochs each; seeds 0, 1, 2" in run.err
 
 
 def remote(cause: BaseException) -> Exception:

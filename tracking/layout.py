@@ -17,6 +17,11 @@ So `test_acc` is only ever a per-epoch value and `final_test_acc` only ever the 
 timestamp or step decides which value is the final one. The report shows a final metric in
 the column named without the prefix (`result_column`): `final_test_acc` -> `test_acc`.
 
+With `--analyze` / `--analyze-epochs K,...` a spend run also carries one JSON artifact per
+analysed set of weights, `analysis/final.json` and `analysis/epoch_<K>.json`
+(`analysis_artifact`: the metrics and the arrays of the landscapes, in weight and in input
+space), named in its tag `analyses` (e.g. `epoch_1,final`), so a reader fetches only those.
+
 A draw run has no per-epoch series: `dense_test_acc`, `dense_best_val_acc`, `wall_seconds`
 (step 0) and per IMP level (step = level) `vanilla_test_acc`, `vanilla_best_val_acc`,
 `level_sparsity` and `level_live_sparsity` (the sparsity among live weights, `lth_core.live`).
@@ -77,6 +82,7 @@ TICKET_KEY = "ticket_key"
 SPEND_KEY = "spend_key"
 TWEAK = "tweak"
 INIT_RECORDS = "init_records.json"  # artifact: what the tweaks' init hooks learned
+ANALYSES = "analyses"  # the analysis artifacts a spend run holds (`analysis_label`s, comma separated)
 OPTUNA_STORAGE = "optuna_storage"
 OPTUNA_STUDY_PREFIX = "optuna_study_prefix"
 OPTUNA_STUDY_PREFIXES = "optuna_study_prefixes"
@@ -192,7 +198,7 @@ def spend_final_metrics(result: dict, device_share: float) -> dict[str, float]:
 
 
 def analysis_final_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The `--analyze` metrics (`lth_core.analysis.run.spend_metrics`: `act_sparsity`,
+    """The `--analyze` metrics (`lth_core.analysis.run.spend_analysis`'s `metrics`: `act_sparsity`,
     `act_sparsity_<stage>`, `hessian_top_eigenvalue`) under their final names."""
     return {final(name): float(value) for name, value in metrics.items()}
 
@@ -220,3 +226,20 @@ def optuna_best_metric(name: str, ticket: str | None = None) -> str:
 SWEEP_CONFIG_ARTIFACT = "sweep_config.json"  # on the parent run: the first invocation's settings
 OPTUNA_BEST_ARTIFACT = "optuna_best.json"  # on an Optuna parent run
 REPORT_ARTIFACT_PATH = "report"  # the report's files, on the parent run
+ANALYSIS_ARTIFACT_PATH = "analysis"  # a spend run's analyses (--analyze, --analyze-epochs)
+FINAL_WEIGHTS = "final"
+
+
+def analysis_label(epoch: int | None) -> str:
+    """Which weights an analysis is of: `final`, or `epoch_<K>` for the snapshot after epoch K."""
+    return FINAL_WEIGHTS if epoch is None else f"epoch_{int(epoch)}"
+
+
+def analysis_epoch(label: str) -> int | None:
+    """The epoch of an `analysis_label` (None for the final weights)."""
+    return None if label == FINAL_WEIGHTS else int(label.removeprefix("epoch_"))
+
+
+def analysis_artifact(label: str) -> str:
+    """A spend run's analysis document of the weights `label` names."""
+    return f"{ANALYSIS_ARTIFACT_PATH}/{label}.json"

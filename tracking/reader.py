@@ -144,6 +144,24 @@ class TrackingReader:
         return [MetricPoint(step=m.step, value=m.value, timestamp=m.timestamp)
                 for m in self.client.get_metric_history(run_id, key)]
 
+    def analyses(self, run: RunRecord) -> dict[str, dict]:
+        """A spend run's analysis documents by label (`final`, `epoch_<K>`), as its tag `analyses`
+        names them; empty for a run without any. A document that cannot be read is left out."""
+        import json
+        import tempfile
+
+        from mlflow.exceptions import MlflowException
+
+        out = {}
+        for label in filter(None, run.tags.get(L.ANALYSES, "").split(",")):
+            with tempfile.TemporaryDirectory() as folder:
+                try:
+                    local = self.client.download_artifacts(run.run_id, L.analysis_artifact(label), folder)
+                    out[label] = json.loads(Path(local).read_text())
+                except (MlflowException, OSError, ValueError):
+                    continue
+        return out
+
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str = L.REPORT_ARTIFACT_PATH) -> None:
         """Attach files (the report) to a run, so that they show in the MLflow UI."""
         for path in paths:

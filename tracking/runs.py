@@ -305,6 +305,17 @@ class TrialRun:
         if records:  # what the tweaks' init hooks learned (GradInit's scales)
             self.client.log_dict(self.run_id, dict(records), L.INIT_RECORDS)
 
+    def log_analyses(self, analyses: Sequence[Mapping[str, Any]]) -> None:
+        """Each analysis of the spent weights (`lth_core.analysis.run.spend_analysis`: its `epoch`,
+        None for the final weights) as `analysis/<label>.json`, and their labels in the tag
+        `analyses`; a rerun writes them again (the same numbers)."""
+        if not analyses:
+            return
+        labels = [L.analysis_label(a["epoch"]) for a in analyses]
+        for label, analysis in zip(labels, analyses):
+            self.client.log_dict(self.run_id, dict(analysis), L.analysis_artifact(label))
+        self.set_tags({L.ANALYSES: ",".join(labels)})
+
     def log_draw_summary(self, summary: Mapping[str, Any]) -> None:
         """A finished draw (`lth_core.lottery.draw`'s summary): dense accuracies, per-level vanilla
         LTH and sparsities, nominal and among live weights (step = level), and the wall seconds as

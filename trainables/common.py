@@ -66,10 +66,12 @@ def ticket_from_trial(config: dict[str, Any]) -> TicketConfig:
 
 
 def spend_from_trial(config: dict[str, Any]) -> SpendConfig:
+    """The trial's spend; it keeps its weights at the epochs the sweep analyses (`--analyze-epochs`)."""
     recipe = config.get("spend_recipe")
     return SpendConfig(ticket=ticket_from_trial(config), level=int(config["level"]),
                        recipe=from_dict(RecipeConfig, on_granted_devices(config, recipe)) if recipe else None,
-                       tweaks=tweaks_from_trial(config), seed=int(config.get("seed", 0)))
+                       tweaks=tweaks_from_trial(config), seed=int(config.get("seed", 0)),
+                       snapshot_epochs=tuple(int(e) for e in config.get("analyze_epochs") or ()))
 
 
 def device_share(config: dict[str, Any]) -> float:

@@ -13,12 +13,22 @@ from typing import Any
 
 from ray import tune
 
+from lth_core.config import SpendConfig
 from lth_core.lottery import spend
 from lth_core.store import ArtifactStore
 from lth_core.training import EpochRecord, Payload
 from trainables.common import (deterministic_errors, device_share, level_sparsities, report_epoch, resume_state,
                                spend_from_trial, tracked)
 from tracking.runs import TrialRun
+
+
+def spend_analyses(spend_cfg: SpendConfig, store: ArtifactStore, final: bool, **settings: Any) -> list[dict[str, Any]]:
+    """Opt-in analyses of the spent ticket (`lth_core.analysis.run.spend_analysis`, with `settings`):
+    at each epoch it keeps a snapshot of (`--analyze-epochs`), then of its final weights (`--analyze`)."""
+    from lth_core.analysis.run import spend_analysis
+
+    epochs = [*spend_cfg.snapshot_epochs, *([None] if final else [])]
+    return [spend_analysis(spend_cfg, store, epoch=epoch, **settings) for epoch in epochs]
 
 
 def spend_trainable(config: dict[str, Any]) -> None:
@@ -50,15 +60,13 @@ def _spend_trainable(config: dict[str, Any]) -> None:
     with tracked(run):
         result = spend(spend_cfg, store, on_epoch=on_epoch, resume=resume_state(), persist_checkpoints=False,
                        observers=observers)
-        analysis = {}
-        if config.get("analyze"):  # opt-in: activation sparsity and top Hessian eigenvalue of the result
-            from lth_core.analysis.run import spend_metrics
-
-            analysis = spend_metrics(spend_cfg, store)
+        analyses = spend_analyses(spend_cfg, store, bool(config.get("analyze")))
         if run is not None:
             for record in result["history"] if not reported else ():  # read back: still gets its curves
                 run.log_epoch(record)
-            run.log_spend_result(result, device_share=device_share(config), analysis=analysis)
+            final = next((a["metrics"] for a in analyses if a["epoch"] is None), {})
+            run.log_spend_result(result, device_share=device_share(config), analysis=final)
+            run.log_analyses(analyses)
     if not reported:  # read back from the store: one report with the final numbers
         tune.report({"epoch": 0, "val_acc": result["best_val_acc"], "best_val_acc": result["best_val_acc"],
                      "best_test_acc": result["test_acc"], "test_acc": result["test_acc"]})

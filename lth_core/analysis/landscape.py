@@ -7,12 +7,18 @@ scales (or sparsities) are comparable. For a sparse net the direction is masked:
 a pruned weight would leave the ticket. BatchNorm parameters and biases (all 1-D
 parameters) get a zero direction, as in Li et al.
 
+Each parameter's Gaussian is drawn from a generator seeded by the seed and the parameter's
+name, so models that share a parameter get the same draw for it whatever other parameters they
+have (an injected skip adds some): the compared spends of one ticket, analysed with one seed,
+share their directions, each filter-normalized to its own weights.
+
 Losses are evaluated with `torch.func.functional_call` on theta + a*d1 + b*d2, so the
 model's own parameters are never written; eval mode, as for the Hessian.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,12 +35,17 @@ from .hessian import Batch, LossFn, eval_mode, model_device, on_device
 Direction = dict[str, torch.Tensor]
 
 
+def _parameter_seed(seed: int, name: str) -> int:
+    """A generator seed for one parameter: the same for the same (seed, name) in any model."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+
+
 def random_direction(model: nn.Module, mask: Mask | None = None, seed: int = 0) -> Direction:
     """A filter-normalized Gaussian direction over the trainable parameters (masked, 1-D zeroed).
-    Drawn on the CPU from `seed`, so it is the same on any device."""
+    Drawn on the CPU from `seed` and each parameter's name, so it is the same on any device and
+    for a parameter of the same name in another model."""
     if mask is not None:
         mask.check_fits(model)
-    generator = torch.Generator().manual_seed(seed)
     direction: Direction = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -42,7 +53,8 @@ def random_direction(model: nn.Module, mask: Mask | None = None, seed: int = 0) 
         if p.dim() <= 1:
             direction[name] = torch.zeros_like(p)
             continue
-        d = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        generator = torch.Generator().manual_seed(_parameter_seed(seed, name))
+        d = torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device, p.dtype)
         w = p.detach()
         if mask is not None and name in mask:
             keep = mask[name].to(device=p.device, dtype=p.dtype)
