@@ -177,12 +177,16 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
 
 
 def read_mapping(path: str | Path, field: str = "--config") -> dict[str, Any]:
-    """A JSON (.json) or YAML file holding a mapping of config fields."""
+    """A JSON (.json) or YAML file holding a mapping of config fields; a file that is missing, or
+    does not parse, raises ConfigError naming `field` and the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(field, f"config file {path} not found")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, OSError, yaml.YAMLError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(field, f"{path} does not parse: {' '.join(str(e).split())[:300]}") from None
     if not isinstance(data, dict):
         raise ConfigError(field, f"{path} must hold a mapping of config fields")
     return data

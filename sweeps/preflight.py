@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from lth_core.cli import CliError, probe_store, writable_folder
+from lth_core.inputs import InputError, probe_store, writable_folder
 from sweeps.config import SweepConfig
 from sweeps.runner import SweepError
 from tracking.probe import TrackingError, check_reachable, redact, sqlite_path
@@ -46,7 +46,7 @@ def check(sweep: SweepConfig, *, optuna: bool = False) -> None:
 def check_store(uri: str) -> None:
     try:
         probe_store(uri)
-    except CliError as e:
+    except InputError as e:
         raise SweepError(str(e)) from None
 
 
