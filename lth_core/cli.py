@@ -351,16 +351,13 @@ def config_error_text(e: ConfigError, command: str | None, config_file: str | No
         if field == "--config":
             return f"{e}; fix the file or pass another --config"
         return f"{e}; see `python -m lth_core {command or ''} --help`".replace("  ", " ")
-    flag = _flag_of(field, command)
-    where = f"{field} in {config_file}" if config_file else None
     if "unknown field" in str(e):
         return f"{e}; remove or rename it" + (f" in {config_file}" if config_file else "")
-    if flag and where:
-        return f"{e}; fix {flag} or {where}"
-    if flag:
-        return f"{e}; fix {flag}"
-    if where:
-        return f"{e}; fix {where}"
+    flags = list(dict.fromkeys(f for path in (field, *e.related) if (f := _flag_of(path, command))))
+    where = f"{field} in {config_file}" if config_file else None
+    fixes = [*flags, *([where] if where else [])]
+    if fixes:
+        return f"{e}; fix {' or '.join(fixes)}"
     return f"{e}; see `python -m lth_core {command or ''} --help`".replace("  ", " ")
 
 

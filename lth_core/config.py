@@ -9,6 +9,7 @@ stable content keys (`lth_core.schema`, re-exported here).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,13 @@ PRUNE_METHODS = tuple(SOURCES)
 PRUNE_SCOPES = ("global", "layerwise")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+SEED_MAX = 2**63 - 1  # a seed fits a signed 64-bit integer: torch, numpy, sqlite and JSON readers all take it
+
+
+def check_seed(seed: int, field_path: str) -> None:
+    """Seeds are whole numbers in [0, SEED_MAX]: a negative one would let a control's derived seed
+    (`tweaks.ticket_init.control_seed`) equal the ticket's, and a larger one does not fit torch."""
+    require(0 <= seed <= SEED_MAX, field_path, f"must be in [0, 2**63 - 1], got {seed}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,8 @@ class RecipeConfig:
         require(0 < self.lr_gamma <= 1, "recipe.lr_gamma", f"must be in (0, 1], got {self.lr_gamma}")
         for m in self.milestones:
             require(1 <= m < self.epochs, "recipe.milestones",
-                     f"epoch {m} is past the last epoch ({self.epochs}); milestones must be in [1, {self.epochs - 1}]")
+                     f"epoch {m} is past the last epoch ({self.epochs}); milestones must be in [1, {self.epochs - 1}]",
+                     ("recipe.epochs",))
         require(list(self.milestones) == sorted(set(self.milestones)), "recipe.milestones",
                  f"must be strictly increasing, got {list(self.milestones)}")
         choice(self.device, DEVICES, "recipe.device")
@@ -136,7 +145,15 @@ class PruneConfig:
         if self.sparsities:
             require(self.method != "imp", "pruning.sparsities",
                      "explicit sparsities are for one-shot sources (omp and the pruning-at-init ones); "
-                     "IMP follows 1 - (1 - rate)^k")
+                     "IMP follows 1 - (1 - rate)^k", ("pruning.method",))
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in ("levels", "rate"):  # given with sparsities, they would change the key and nothing else
+                require(getattr(self, name) == defaults[name], f"pruning.{name}",
+                         f"is not used with explicit sparsities (the draw has one level per sparsity); leave it "
+                         f"at its default ({defaults[name]}) or drop pruning.sparsities", ("pruning.sparsities",))
+        require(self.scope == "global" or self.source.uses_scope, "pruning.scope",
+                 f"{self.method} sets each layer's sparsity itself and ignores the scope; leave pruning.scope "
+                 "global, or pick a source that ranks scores (imp, omp, snip, grasp, synflow)", ("pruning.method",))
         if self.source.at_init:
             require(self.rewind_epoch == 0, "pruning.rewind_epoch",
                      f"{self.method} draws its masks at initialisation and trains no level; rewind a spend "
@@ -175,10 +192,12 @@ class TicketConfig:
         object.__setattr__(self, "keep_epochs", tuple(sorted(set(self.keep_epochs) - {0})))
         for e in self.keep_epochs:
             require(0 <= e < self.recipe.epochs, "keep_epochs",
-                     f"epoch {e} is not in the dense run (epochs 0..{self.recipe.epochs - 1})")
+                     f"epoch {e} is not in the dense run of {self.recipe.epochs} epoch(s) (epochs "
+                     f"0..{self.recipe.epochs - 1})", ("recipe.epochs",))
         require(self.pruning.rewind_epoch in self.rewind_epochs, "pruning.rewind_epoch",
                  f"IMP rewinds to epoch {self.pruning.rewind_epoch}, which the dense run does not keep; "
-                 f"add it to keep_epochs (kept: {list(self.rewind_epochs)})")
+                 f"add it to keep_epochs (kept: {list(self.rewind_epochs)})", ("keep_epochs",))
+        check_seed(self.seed, "seed")
 
     @property
     def rewind_epochs(self) -> tuple[int, ...]:
@@ -205,7 +224,9 @@ class SpendConfig:
 
     def __post_init__(self) -> None:
         n = self.ticket.num_levels
-        require(0 <= self.level <= n, "level", f"must be in [0, {n}] (0 is the dense net), got {self.level}")
+        require(0 <= self.level <= n, "level", f"must be in [0, {n}] (0 is the dense net), got {self.level}",
+                 ("ticket.pruning.levels",))
+        check_seed(self.seed, "seed")
         check_spend(self)
 
     @property

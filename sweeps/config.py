@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from lth_core.config import (ConfigError, RecipeConfig, SpendConfig, TicketConfig, TweakConfig, from_dict,
-                             read_mapping, recipe_overlay, replace, to_dict)
-from lth_core.flags import FlagTable, Parsed, add_flags, deep_merge, overrides, set_dotted
+from lth_core.config import (ConfigError, RecipeConfig, SpendConfig, TicketConfig, TweakConfig, check_seed,
+                             from_dict, read_mapping, recipe_overlay, replace, to_dict)
+from lth_core.flags import FlagTable, Parsed, add_flags, deep_merge, field_default, overrides, set_dotted
 from lth_core.mask_sources import SOURCES
 from lth_core.tweaks import REGISTRY
 
@@ -87,9 +87,13 @@ class SweepConfig:
         n = self.ticket.num_levels
         for level in self.levels:
             if not 0 <= level <= n:
-                raise ConfigError("levels", f"level {level} is not drawn: the ticket has levels 0..{n}")
+                raise ConfigError("levels", f"level {level} is not drawn: the ticket has levels 0..{n}",
+                                  ("ticket.pruning.levels",))
         if not self.seeds or not self.ticket_seeds or not self.combos:
             raise ConfigError("seeds/ticket_seeds/combos", "each needs at least one entry")
+        for name in ("seeds", "ticket_seeds"):
+            for seed in getattr(self, name):
+                check_seed(seed, name)
         for name in ("levels", "seeds", "ticket_seeds", "prune_methods", "combos"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
@@ -104,8 +108,22 @@ class SweepConfig:
             raise ConfigError("hessian_every", f"must be >= 0 (0 = off), got {self.hessian_every}")
         if self.optuna_trials < 1:
             raise ConfigError("optuna_trials", f"must be >= 1, got {self.optuna_trials}")
-        for spend in self.spends():  # every combination must be a valid spend before anything runs
-            pass
+        self._check_spends()
+
+    def _check_spends(self) -> None:
+        """Every combination must be a valid spend before anything runs; a problem is named where
+        the sweep sets it (`ticket.pruning.sparsities` with a mask source, `combos[2].init`)."""
+        try:
+            tickets = self.tickets()
+        except ConfigError as e:  # the template fits its own source, not one that prune_methods names
+            raise ConfigError(f"ticket.{e.field_path}", e.message, ("prune_methods",)) from None
+        for index, tweaks in enumerate(self.combos):
+            for ticket in tickets:
+                try:
+                    SpendConfig(ticket=ticket, level=self.spend_levels[0], recipe=self.spend_recipe, tweaks=tweaks,
+                                seed=self.seeds[0])
+                except ConfigError as e:
+                    raise _in_combo(e, index) from None
 
     @property
     def spend_levels(self) -> tuple[int, ...]:
@@ -119,6 +137,14 @@ class SweepConfig:
         return [SpendConfig(ticket=t, level=level, recipe=self.spend_recipe, tweaks=tweaks, seed=seed)
                 for t in self.tickets() for level in self.spend_levels for tweaks in self.combos
                 for seed in self.seeds]
+
+
+def _in_combo(e: ConfigError, index: int) -> ConfigError:
+    """A spend's error with its tweak paths named as the sweep sets them: tweaks.kd -> combos[2].kd."""
+    def path(p: str) -> str:
+        return f"combos[{index}]{p[len('tweaks'):]}" if p == "tweaks" or p.startswith("tweaks.") else p
+
+    return ConfigError(path(e.field_path), e.message, tuple(path(p) for p in e.related))
 
 
 def _smoke() -> dict[str, Any]:
@@ -273,23 +299,59 @@ def _preset_defaults() -> Any:
 
 
 def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
-    data = PRESETS[args.preset]()
-    data.setdefault("store", os.environ.get("LTH_STORE_URI", "artifacts"))
-    data.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    preset = PRESETS[args.preset]()
+    preset.setdefault("store", os.environ.get("LTH_STORE_URI", "artifacts"))
+    preset.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     if os.environ.get("RAY_ADDRESS") and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        data.setdefault("ray_address", os.environ["RAY_ADDRESS"])  # a driver started by `ray job submit`
-    if args.config:
-        data = deep_merge(data, read_mapping(args.config))
-    data = deep_merge(data, overrides(args, FLAGS))
+        preset.setdefault("ray_address", os.environ["RAY_ADDRESS"])  # a driver started by `ray job submit`
+    user = read_mapping(args.config) if args.config else {}  # what the user set, over the preset
+    user = deep_merge(user, overrides(args, FLAGS))
     for item in args.set:
         field, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError("--set", f"{item!r}: use FIELD=VALUE")
-        set_dotted(data, field.strip(), yaml.safe_load(raw))
-    if isinstance(data.get("spend_recipe"), dict):  # given in part: the rest is the ticket's recipe
-        data["spend_recipe"] = recipe_overlay(from_dict(TicketConfig, data.get("ticket")).recipe,
-                                              data["spend_recipe"])
-    return resolve_paths(from_dict(SweepConfig, data))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError("--set", f"{item!r}: the value does not parse as YAML ({' '.join(str(e).split())})"
+                                       "; quote it, e.g. --set 'combos=[{kd: \"0.5,5\"}]'") from None
+        set_dotted(user, field.strip(), value)
+    data = deep_merge(_preset_under(preset, user), user)
+    try:
+        if isinstance(data.get("spend_recipe"), dict):  # given in part: the rest is the ticket's recipe
+            data["spend_recipe"] = recipe_overlay(from_dict(TicketConfig, data.get("ticket"), "ticket.").recipe,
+                                                  data["spend_recipe"])
+        return resolve_paths(from_dict(SweepConfig, data))
+    except ConfigError as e:
+        if field_default(user, e.field_path) is dataclasses.MISSING and \
+                field_default(preset, e.field_path) is not dataclasses.MISSING:
+            raise ConfigError(e.field_path, f"{e.message} (the value of --preset {args.preset})", e.related) from None
+        raise
+
+
+def _preset_under(preset: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """The preset as the user's settings leave it. With mask sources (`prune_methods`) the ticket's
+    own `pruning.method` is not used: one the user sets that is not among them is refused, and the
+    template takes the first source (so `pruning.sparsities` fit an OMP-only sweep). Explicit
+    `pruning.sparsities` replace the preset's level schedule (`levels`, `rate`)."""
+    preset = deep_merge(preset, {})
+    methods = user.get("prune_methods", preset.get("prune_methods"))
+    method = field_default(user, "ticket.pruning.method")
+    pruning = preset.setdefault("ticket", {}).setdefault("pruning", {})
+    if isinstance(methods, list) and methods:
+        if method is not dataclasses.MISSING and method not in methods:
+            listed = ", ".join(map(str, methods))
+            raise ConfigError("ticket.pruning.method", f"{method!r} is not used: prune_methods ({listed}) names "
+                                                       "the mask sources, one ticket each; put it there instead",
+                              ("prune_methods",))
+        sparsities = field_default(user, "ticket.pruning.sparsities") is not dataclasses.MISSING
+        one_shot = [m for m in methods if m != "imp"]  # explicit sparsities fit these; each ticket is checked
+        if pruning.get("method", "imp") not in methods or (sparsities and one_shot):
+            pruning["method"] = one_shot[0] if sparsities and one_shot else methods[0]
+    if field_default(user, "ticket.pruning.sparsities") is not dataclasses.MISSING:
+        for name in ("levels", "rate"):
+            pruning.pop(name, None)
+    return preset
 
 
 def _absolute_uri(uri: str) -> str:

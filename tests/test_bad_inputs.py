@@ -281,7 +281,7 @@ SWEEPS = [
     ("level-not-drawn", ["--levels", "9"], ["levels", "--levels"]),
     ("cpus-per-trial-0", ["--cpus-per-trial", "0"], ["cpus_per_trial", "--cpus-per-trial"]),
     ("gpus-per-trial-negative", ["--gpus-per-trial", "-1"], ["gpus_per_trial"]),
-    ("unknown-tweak-value", ["--set", 'combos=[{"activation": "swishy"}]'], ["tweaks.activation"]),
+    ("unknown-tweak-value", ["--set", 'combos=[{"activation": "swishy"}]'], ["combos[0].activation", "--set 'combos="]),
     ("unknown-field", ["--set", "foo=1"], ["foo", "unknown field"]),
     ("set-without-value", ["--set", "foo"], ["--set", "FIELD=VALUE"]),
     ("empty-results-dir", ["--set", "results_dir=''"], ["results_dir", "empty"]),

@@ -95,6 +95,7 @@ class MaskSource:
     reference: ClassVar[str]  # the paper that defines it
     weights: ClassVar[str]  # "init" | "dense" | "previous_level" (see the module docstring)
     uses_data: ClassVar[bool] = False  # scores need training batches (`MaskRequest.batches`)
+    uses_scope: ClassVar[bool] = True  # False: the source sets each layer's sparsity itself (`pruning.scope` refused)
 
     def mask(self, request: MaskRequest) -> Mask:
         raise NotImplementedError

@@ -46,6 +46,7 @@ class ERK(MaskSource):
     summary = "Erdős–Rényi-Kernel layer-wise densities (small layers denser), random weights within each layer"
     reference = "Evci et al. 2020, Rigging the Lottery: Making All Tickets Winners (arXiv:1911.11134)"
     weights = "init"
+    uses_scope = False
 
     def mask(self, request: MaskRequest) -> Mask:
         """Each layer keeps round(density * numel) weights drawn among those `previous` keeps (its

@@ -18,6 +18,7 @@ class Random(MaskSource):
     reference = ("Liu et al. 2022, The Unreasonable Effectiveness of Random Pruning: Return of the Most "
                  "Naive Baseline for Sparse Training (arXiv:2202.02643)")
     weights = "init"
+    uses_scope = False
 
     def mask(self, request: MaskRequest) -> Mask:
         """Random scores ranked per layer, so every layer keeps round(numel * (1 - sparsity)) weights.

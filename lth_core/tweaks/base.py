@@ -190,7 +190,13 @@ def _flat_text(v: Any) -> str:
 
 
 def _parse_number(text: str, path: str) -> Any:
+    """An int or float as YAML reads it, or as Python does where YAML 1.1 leaves text (1e-3)."""
     value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            value = float(text)
+        except ValueError:
+            pass
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ConfigError(path, f"cannot read {text!r} as a number")
     return value
