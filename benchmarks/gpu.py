@@ -40,6 +40,7 @@ from benchmarks.synthetic import write_cifar100  # noqa: E402
 from lth_core.config import DataConfig, ModelConfig, RecipeConfig  # noqa: E402
 from lth_core.data import Dataset, load_dataset  # noqa: E402
 from lth_core.hooks import Loop, TrainHook  # noqa: E402
+from lth_core.inputs import InputError, check_data, check_device, refuse  # noqa: E402
 from lth_core.masks import Mask  # noqa: E402
 from lth_core.models import build_model  # noqa: E402
 from lth_core.pruning import prune_to_sparsity  # noqa: E402
@@ -256,7 +257,25 @@ def packing(args: argparse.Namespace, scale: Scale, folder: Path) -> None:
               f"peak memory per trial {peak}")
 
 
-def main() -> None:
+def check_args(args: argparse.Namespace) -> None:
+    """The device, the data files given with --data-root and the compile backend, before anything
+    is written or timed: InputError naming the flag."""
+    check_device(RecipeConfig(device=args.device))
+    if args.data_root is not None:
+        if not Path(args.data_root).expanduser().is_dir():
+            raise InputError(f"--data-root {args.data_root} is not a folder; pass the folder holding "
+                             "cifar-100-python/, or leave --data-root out for synthetic files")
+        check_data(DataConfig(name="cifar100", root=args.data_root))
+    if args.compile_backend is not None:
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if args.compile_backend not in backends:
+            raise InputError(f"--compile-backend {args.compile_backend!r} is not a torch.compile backend; pass one "
+                             f"of {', '.join(backends)}")
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run in seconds")
@@ -268,9 +287,13 @@ def main() -> None:
     parser.add_argument("--worker-k", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     scale = TINY if args.tiny else FULL
-    if args.worker:
+    if args.worker:  # started by `packing` with arguments already checked
         worker(args, scale)
-        return
+        return 0
+    try:
+        check_args(args)
+    except InputError as e:
+        return refuse(e)
 
     started = time.perf_counter()
     name = torch.cuda.get_device_name() if args.device == "cuda" and torch.cuda.is_available() else "cpu"
@@ -298,7 +321,8 @@ def main() -> None:
             guarded("compile", lambda: compile_ratio(scale, datasets["main"], args.device, backend))
         guarded("packing", lambda: packing(args, scale, folder))
     print(f"total seconds: {time.perf_counter() - started:.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

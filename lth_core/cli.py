@@ -21,8 +21,7 @@ from typing import Any
 from lth_core import paths
 from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping, recipe_overlay
 from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, tweak_flags
-from lth_core.inputs import (EXIT_USER_ERROR, InputError, check_data, check_device, first_line, open_store,
-                             shown_uri)
+from lth_core.inputs import EXIT_USER_ERROR, InputError, check_spend, check_ticket, first_line, open_store, shown_uri
 from lth_core.mask_sources import SOURCES
 from lth_core.tables import StageProgress, format_levels
 
@@ -85,15 +84,6 @@ def spend_from_args(args: argparse.Namespace) -> SpendConfig:
 # ------------------------------------------------------------------ checks before any work
 
 
-def check_ticket(ticket: TicketConfig) -> None:
-    from lth_core.data import load_dataset
-    from lth_core.lottery import check_schedule
-
-    check_device(ticket.recipe)
-    check_data(ticket.data)
-    check_schedule(ticket, load_dataset(ticket.data))
-
-
 def _stages(ticket: TicketConfig) -> str:
     e, n = ticket.recipe.epochs, ticket.num_levels
     if ticket.pruning.source.at_init:
@@ -152,10 +142,7 @@ def _pct(value: float | None) -> str:
 
 def _spend_checked(args: argparse.Namespace) -> tuple[SpendConfig, Any]:
     config = spend_from_args(args)
-    check_device(config.ticket.recipe)
-    if config.recipe is not None:
-        check_device(config.recipe)
-    check_data(config.ticket.data)
+    check_spend(config)
     store = open_store(args.store)
     print(spend_plan(config, store), file=sys.stderr)
     return config, store
@@ -364,6 +351,7 @@ def config_error_text(e: ConfigError, command: str | None, config_file: str | No
 def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     """The one-line message of a user-facing error; None for anything else (a bug)."""
     from lth_core.data import DatasetFormatError, DatasetNotFoundError
+    from lth_core.pruning import EmptyLayerError
     from lth_core.store import CorruptArtifactError, LockTimeout, OutsideStoreError
 
     command = getattr(args, "command", None)
@@ -378,9 +366,12 @@ def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     if isinstance(e, OutsideStoreError):
         return f"refused path: {e}" if ";" in str(e) else f"refused path: {e}; keep the store's files inside it"
     if isinstance(e, CorruptArtifactError):
-        return f"a stored file is damaged ({e}); run the command again: damaged artifacts are recomputed"
+        return f"a stored file is damaged ({e}); delete that file and run the command again: what depends on it is recomputed"
     if isinstance(e, LockTimeout):
         return f"{e}; wait for that process to finish, or stop it and run again"
+    if isinstance(e, EmptyLayerError):  # a global ranking of scores emptied a layer: found only while drawing
+        return (f"{str(e).partition(';')[0]}; draw fewer or less sparse levels (--num-levels, --prune-rate or "
+                "--sparsities), or use --scope layerwise")
     return None
 
 

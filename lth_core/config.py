@@ -49,7 +49,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         choice(self.name, DATASETS, "data.name")
-        require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        require(0.0 < self.val_fraction <= 0.5, "data.val_fraction",
+                 f"must be in (0, 0.5], got {self.val_fraction}: the validation split is held out of the training "
+                 "set, at most half of it (default 0.1)")
         if self.name != "digits":
             require(self.root is not None, "data.root",
                      f"data set {self.name!r} is read from a folder: set data.root (flag --data-root)")

@@ -124,6 +124,9 @@ def _build(name: str, root: str | None, val_fraction: float, split_seed: int) ->
     else:
         dev_x, dev_y, test_x, test_y, num_classes = _read_tinyimagenet(Path(root))
     train_idx, val_idx = (torch.from_numpy(i) for i in _stratified_split(dev_y, val_fraction, split_seed))
+    if len(val_idx) == 0:  # validating on nothing would pick epochs blindly and end with exit 0 all the same
+        raise ConfigError("data.val_fraction", f"{val_fraction:g} of {len(dev_y)} images holds out no validation "
+                                               "image; raise it (default 0.1)")
     if name == "digits":  # no standard statistics: take them from the split-independent 80%
         pixels = dev_x.float().div_(255).transpose(0, 1).reshape(dev_x.shape[1], -1)
         mean, std = tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())

@@ -27,6 +27,22 @@ def refuse(e: InputError) -> int:
     return EXIT_USER_ERROR
 
 
+def require_positive(flag: str, value: float) -> None:
+    if not value > 0:
+        raise InputError(f"{flag} must be > 0, got {value:g}; pass a positive {flag}")
+
+
+def require_at_least(flag: str, value: int, least: int, why: str = "") -> None:
+    if value < least:
+        raise InputError(f"{flag} must be >= {least}{f' ({why})' if why else ''}, got {value}; pass {flag} {least} "
+                         "or more")
+
+
+def require_sparsity(flag: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise InputError(f"{flag} must be in [0, 1) (the share of weights pruned), got {value:g}; pass e.g. {flag} 0.8")
+
+
 def first_line(e: BaseException) -> str:
     """An exception's message on one line (at most 300 characters), else its type's name."""
     text = " ".join(str(e).split())
@@ -134,3 +150,26 @@ def check_data(data: Any) -> None:
     problem = unreadable(data)
     if problem is not None:
         raise InputError(problem)
+
+
+def check_ticket(ticket: Any) -> None:
+    """Everything a draw needs, before it starts: the device, the data files, and a pruning
+    schedule that empties no layer (`lottery.check_schedule`, which raises ConfigError)."""
+    from lth_core.data import load_dataset
+    from lth_core.lottery import check_schedule
+
+    check_device(ticket.recipe)
+    check_data(ticket.data)
+    check_schedule(ticket, load_dataset(ticket.data))
+
+
+def check_spend(spend: Any) -> None:
+    """Everything a spend needs, before it starts: its ticket's draw (`check_ticket`), the
+    re-training device, and tweaks that work on the data set (`tweaks.check_dataset`)."""
+    from lth_core.data import load_dataset
+    from lth_core.tweaks import check_dataset
+
+    check_ticket(spend.ticket)
+    if spend.recipe is not None:
+        check_device(spend.recipe)
+    check_dataset(spend.tweaks, load_dataset(spend.ticket.data))

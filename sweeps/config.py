@@ -123,7 +123,7 @@ class SweepConfig:
                     SpendConfig(ticket=ticket, level=self.spend_levels[0], recipe=self.spend_recipe, tweaks=tweaks,
                                 seed=self.seeds[0])
                 except ConfigError as e:
-                    raise _in_combo(e, index) from None
+                    raise combo_error(e, index) from None
 
     @property
     def spend_levels(self) -> tuple[int, ...]:
@@ -139,7 +139,7 @@ class SweepConfig:
                 for seed in self.seeds]
 
 
-def _in_combo(e: ConfigError, index: int) -> ConfigError:
+def combo_error(e: ConfigError, index: int) -> ConfigError:
     """A spend's error with its tweak paths named as the sweep sets them: tweaks.kd -> combos[2].kd."""
     def path(p: str) -> str:
         return f"combos[{index}]{p[len('tweaks'):]}" if p == "tweaks" or p.startswith("tweaks.") else p

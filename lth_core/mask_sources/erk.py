@@ -61,6 +61,9 @@ class ERK(MaskSource):
             refuse_empty_layers(mask, request.sparsity)
         return mask
 
+    def kept_per_layer(self, shapes: Mapping[str, torch.Size], sparsity: float, scope: str) -> dict[str, int]:
+        return {n: round(d * math.prod(shapes[n])) for n, d in erk_densities(shapes, sparsity).items()}
+
 
 def _keep_random(keep: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """`count` of the entries `keep` keeps, drawn uniformly (random scores, the top `count` kept)."""

@@ -19,6 +19,7 @@ from lth_core.tweaks.base import Flat, SpendContext, Tweak
 
 if TYPE_CHECKING:
     from lth_core.config import SpendConfig
+    from lth_core.data import Dataset
 
 MODULES = (  # one line per tweak: the module in this package that defines its TWEAK
     "ticket_init",  # first: a fresh initialisation replaces the ticket's before other model hooks
@@ -103,6 +104,12 @@ def check_spend(spend: SpendConfig) -> None:
     """Each tweak's checks against the rest of the spend (e.g. a rewind epoch the ticket keeps)."""
     for tweak in REGISTRY:
         tweak.check_spend(getattr(spend.tweaks, tweak.name), spend)
+
+
+def check_dataset(tweaks: Any, dataset: Dataset) -> None:
+    """Each tweak that is on checks it can work on the data set (GradInit's batch fits the training set)."""
+    for tweak, value in tweaks.active():
+        tweak.check_dataset(value, dataset)
 
 
 # --- trial dicts and search spaces ---------------------------------------------------------------

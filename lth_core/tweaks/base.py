@@ -100,6 +100,10 @@ class Tweak:
     def check_spend(self, value: Any, spend: SpendConfig) -> None:
         """Raise ConfigError when the value does not fit the rest of the spend."""
 
+    def check_dataset(self, value: Any, dataset: Dataset) -> None:
+        """Raise ConfigError when the value cannot work on the spend's data set (checked before any
+        training, once the data set is read; called only when the tweak is on)."""
+
     def label(self, value: Any) -> str:
         raise NotImplementedError(f"tweak {self.name!r} must say how it labels a trial")
 
