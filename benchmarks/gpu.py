@@ -40,7 +40,7 @@ from benchmarks.synthetic import write_cifar100  # noqa: E402
 from lth_core.config import DataConfig, ModelConfig, RecipeConfig  # noqa: E402
 from lth_core.data import Dataset, load_dataset  # noqa: E402
 from lth_core.hooks import Loop, TrainHook  # noqa: E402
-from lth_core.inputs import InputError, check_data, check_device, refuse  # noqa: E402
+from lth_core.inputs import InputError, Parser, check_data, check_device, refuse  # noqa: E402
 from lth_core.masks import Mask  # noqa: E402
 from lth_core.models import build_model  # noqa: E402
 from lth_core.pruning import prune_to_sparsity  # noqa: E402
@@ -276,7 +276,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run in seconds")
     parser.add_argument("--data-root", help="a folder holding cifar-100-python/ (default: synthetic files)")

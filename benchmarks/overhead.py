@@ -28,7 +28,7 @@ from benchmarks.synthetic import write_cifar100  # noqa: E402
 from lth_core.config import (DataConfig, ModelConfig, PruneConfig, RecipeConfig, SpendConfig,  # noqa: E402
                              TicketConfig)
 from lth_core.hooks import Loop, Observer  # noqa: E402
-from lth_core.inputs import InputError, refuse, require_at_least, require_positive  # noqa: E402
+from lth_core.inputs import InputError, Parser, refuse, require_at_least, require_positive  # noqa: E402
 from lth_core.lottery import prepare_spend, train_spend  # noqa: E402
 from lth_core.store import ArtifactStore  # noqa: E402
 
@@ -67,7 +67,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--train", type=int, default=2700, help="training images (val and test follow 45:5:10)")
     parser.add_argument("--epochs", type=int, default=6)

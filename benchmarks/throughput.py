@@ -24,8 +24,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lth_core.config import ModelConfig, RecipeConfig  # noqa: E402
-from lth_core.inputs import (InputError, check_device, refuse, require_at_least, require_positive,  # noqa: E402
-                             require_sparsity)
+from lth_core.inputs import (InputError, Parser, check_device, refuse, require_at_least,  # noqa: E402
+                             require_positive, require_sparsity)
 from lth_core.masks import Mask, MaskApplier  # noqa: E402
 from lth_core.models import ARCHS, build_model  # noqa: E402
 from lth_core.pruning import prune_to_sparsity  # noqa: E402
@@ -67,7 +67,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--width", type=float, default=0.25)

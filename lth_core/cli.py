@@ -21,7 +21,8 @@ from typing import Any
 from lth_core import paths
 from lth_core.config import ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping, recipe_overlay
 from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, tweak_flags
-from lth_core.inputs import EXIT_USER_ERROR, InputError, check_spend, check_ticket, first_line, open_store, shown_uri
+from lth_core.inputs import (EXIT_USER_ERROR, InputError, Parser, check_spend, check_ticket, first_line, open_store,
+                             shown_uri)
 from lth_core.mask_sources import SOURCES
 from lth_core.tables import StageProgress, format_levels
 
@@ -174,14 +175,14 @@ def cmd_show(args: argparse.Namespace) -> dict[str, Any]:
     store = open_store(args.store, write=False)
     if not store.exists(path):
         raise InputError(f"no finished draw with key {key} in {shown_uri(store.uri)}; run `python -m lth_core draw` "
-                       "with the same settings first, or pass the --store it wrote to")
+                         "with the same settings first, or pass the --store it wrote to")
     from lth_core.lottery import read_draw
 
     summary, problems = read_draw(key, store)
     if problems:
         raise InputError(f"the draw {key} in {shown_uri(store.uri)} has missing or corrupt files "
-                       f"({', '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}); run "
-                       "`python -m lth_core draw` with its settings to recompute them")
+                         f"({', '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}); run "
+                         "`python -m lth_core draw` with its settings to recompute them")
     print(format_levels(summary), file=sys.stderr)
     return summary
 
@@ -192,14 +193,14 @@ def check_analyze_args(args: argparse.Namespace) -> tuple[str, ...]:
     for flag, value in (("--grid", args.grid), ("--batches", args.batches), ("--top-k", args.top_k)):
         if value < 1:
             raise InputError(f"{flag} must be >= 1, got {value}; pass {flag} 1 or more")
-    if args.threshold < 0:
-        raise InputError(f"--threshold must be >= 0, got {args.threshold:g}; pass a small positive number such "
-                       "as 1e-3")
+    if not 0 <= args.threshold < float("inf"):  # NaN fails this too
+        raise InputError(f"--threshold must be a finite number >= 0, got {args.threshold:g}; pass a small positive "
+                         "number such as 1e-3")
     names = tuple(n.strip() for n in args.compare_activations.split(",") if n.strip())
     unknown = [n for n in names if n not in ACTIVATIONS]
     if not names or unknown:
         raise InputError(f"--compare-activations: {'unknown activation ' + repr(unknown[0]) if unknown else 'empty'}; "
-                       f"pass a comma-separated list of {', '.join(ACTIVATIONS)}")
+                         f"pass a comma-separated list of {', '.join(ACTIVATIONS)}")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file; pass a folder for the plots and arrays")
     return names
@@ -252,7 +253,7 @@ def cmd_tweaks(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lth_core", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m lth_core", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", default=False,
                         help="show the traceback of an error (also: LTH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -8,6 +8,7 @@ as `error: <message>` and exits with `EXIT_USER_ERROR`.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import uuid
 from pathlib import Path
@@ -19,6 +20,15 @@ EXIT_USER_ERROR = 2
 
 class InputError(Exception):
     """A problem the user can fix: the message says what is wrong and, after '; ', what to do."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose own errors (a missing argument, a number that does not read, an
+    unknown flag) are one `error:` line with what to do, exit status 2, like every other input error;
+    its subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"error: {message}; see `{self.prog} --help`\n")
 
 
 def refuse(e: InputError) -> int:

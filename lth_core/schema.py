@@ -214,6 +214,8 @@ def read_mapping(path: str | Path, field: str = "--config") -> dict[str, Any]:
     """A JSON (.json) or YAML file holding a mapping of config fields; a file that is missing, or
     does not parse, raises ConfigError naming `field` and the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(field, f"{path} is a folder, not a config file")
     if not path.is_file():
         raise ConfigError(field, f"config file {path} not found")
     try:

@@ -23,12 +23,20 @@ from lth_core.tweaks import REGISTRY
 
 
 def _check_space(self: Any) -> None:
+    """Each dimension: at least one choice, each once, each a flat value the tweak reads (Optuna
+    samples plain values only: a mapping is refused with its flat spelling)."""
     for tweak in REGISTRY:
         choices = getattr(self, tweak.name)
+        path = f"optuna_space.{tweak.name}"
         if not choices:
-            raise ConfigError(f"optuna_space.{tweak.name}", "needs at least one choice")
+            raise ConfigError(path, "needs at least one choice")
+        if len(set(map(repr, choices))) != len(choices):
+            raise ConfigError(path, f"lists a choice twice: {list(choices)}")
         for value in choices:
-            tweak.decode(value)
+            decoded = tweak.decode(value)
+            if not isinstance(value, (str, int, float, bool, type(None))):
+                raise ConfigError(path, f"{value!r} is not a flat value Optuna can sample; write it as "
+                                        f"{tweak.encode(decoded)!r}")
 
 
 OptunaSpace = dataclasses.make_dataclass(
@@ -89,8 +97,12 @@ class SweepConfig:
             if not 0 <= level <= n:
                 raise ConfigError("levels", f"level {level} is not drawn: the ticket has levels 0..{n}",
                                   ("ticket.pruning.levels",))
-        if not self.seeds or not self.ticket_seeds or not self.combos:
-            raise ConfigError("seeds/ticket_seeds/combos", "each needs at least one entry")
+        for name in ("seeds", "ticket_seeds", "combos"):
+            if not getattr(self, name):
+                raise ConfigError(name, "needs at least one entry")
+        for method in self.prune_methods:
+            if method not in SOURCES:
+                raise ConfigError("prune_methods", f"unknown mask source {method!r}; allowed: {', '.join(SOURCES)}")
         for name in ("seeds", "ticket_seeds"):
             for seed in getattr(self, name):
                 check_seed(seed, name)
@@ -104,6 +116,11 @@ class SweepConfig:
             raise ConfigError("gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ConfigError("gpus_per_trial", "above 1 must be a whole number of GPUs")
+        epochs = (self.spend_recipe or self.ticket.recipe).epochs
+        if self.asha and self.asha_grace_epochs > epochs:
+            raise ConfigError("asha_grace_epochs", f"{self.asha_grace_epochs} is more than the {epochs} epochs of a "
+                                                   "spend: ASHA would stop nothing",
+                              ("spend_recipe.epochs" if self.spend_recipe else "ticket.recipe.epochs",))
         if self.hessian_every < 0:
             raise ConfigError("hessian_every", f"must be >= 0 (0 = off), got {self.hessian_every}")
         if self.optuna_trials < 1:
@@ -323,10 +340,13 @@ def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
                                                   data["spend_recipe"])
         return resolve_paths(from_dict(SweepConfig, data))
     except ConfigError as e:
+        message, related = e.message, e.related
+        if data.get("prune_methods"):  # they pick the ticket's method: a hint names them
+            related = tuple("prune_methods" if p == "ticket.pruning.method" else p for p in related)
         if field_default(user, e.field_path) is dataclasses.MISSING and \
                 field_default(preset, e.field_path) is not dataclasses.MISSING:
-            raise ConfigError(e.field_path, f"{e.message} (the value of --preset {args.preset})", e.related) from None
-        raise
+            message += f" (the value of --preset {args.preset})"
+        raise ConfigError(e.field_path, message, related) from None
 
 
 def _preset_under(preset: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
@@ -345,9 +365,10 @@ def _preset_under(preset: dict[str, Any], user: dict[str, Any]) -> dict[str, Any
                                                        "the mask sources, one ticket each; put it there instead",
                               ("prune_methods",))
         sparsities = field_default(user, "ticket.pruning.sparsities") is not dataclasses.MISSING
-        one_shot = [m for m in methods if m != "imp"]  # explicit sparsities fit these; each ticket is checked
-        if pruning.get("method", "imp") not in methods or (sparsities and one_shot):
-            pruning["method"] = one_shot[0] if sparsities and one_shot else methods[0]
+        known = [m for m in methods if m in SOURCES]  # an unknown one is named by SweepConfig
+        one_shot = [m for m in known if m != "imp"]  # explicit sparsities fit these; each ticket is checked
+        if known and (pruning.get("method", "imp") not in methods or (sparsities and one_shot)):
+            pruning["method"] = one_shot[0] if sparsities and one_shot else known[0]
     if field_default(user, "ticket.pruning.sparsities") is not dataclasses.MISSING:
         for name in ("levels", "rate"):
             pruning.pop(name, None)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lth_core.config import ConfigError, TicketConfig, canonical_json, to_dict
+from lth_core.inputs import Parser
 from lth_core.paths import ticket_summary
 from sweeps.config import SweepConfig, trial_base
 from tracking import layout
@@ -290,7 +291,7 @@ def sweep_session(sweep: SweepConfig, preset: str, kind: str,
 def cli_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
              run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     """Parse, run, and turn configuration and sweep errors into one clear line and exit status 2."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])  # flag helps carry their defaults
+    parser = Parser(description=doc.splitlines()[0])  # flag helps carry their defaults
     add_arguments(parser)
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get("LTH_DEBUG", "") not in ("", "0")
@@ -348,13 +349,15 @@ def config_error_text(e: ConfigError, config_file: str | None, set_items: Sequen
         todo = _meant(spelled) or ("remove or rename it" + (f" in {config_file}" if config_file else
                                                           " (--set or --config)"))
         return f"{field}: unknown field; {todo} (known fields: {known})"
-    flags, sets = [], []
+    flags, sets = [], []  # the flags first: what a user most likely typed
     for path in (field, *e.related):
         flag = next((f for f, (dotted, _, _) in FLAGS.items() if dotted == path), None)
         settable = path.split("[")[0]  # combos[2].kd is set with the whole list: --set combos=[...]
-        flags += [flag] if flag else []
-        sets.append(f"--set '{settable}=[...]'" if "[" in path else f"--set {settable}=...")
-    fixes = list(dict.fromkeys(flags or sets))
+        if flag:
+            flags.append(flag)
+        else:
+            sets.append(f"--set '{settable}=[...]'" if "[" in path else f"--set {settable}=...")
+    fixes = list(dict.fromkeys(flags + sets))
     where = f" (or {field.split('[')[0]} in {config_file})" if config_file else ""
     return f"{e}; fix {' or '.join(fixes)}{where}"
 

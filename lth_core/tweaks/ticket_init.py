@@ -59,6 +59,9 @@ class TicketInit(Tweak):
         if value == "reinit" and spend.tweaks.rewind_epoch:
             raise ConfigError(self.path, "reinit starts from a fresh initialisation, which has no rewind point; "
                                          "use it with rewind_epoch 0", ("tweaks.rewind_epoch",))
+        if value == "shuffle" and spend.level == 0:  # the dense net has no mask: the control would be vanilla
+            raise ConfigError(self.path, "shuffle permutes a level's mask; level 0 is the dense net, which has "
+                                         "none: spend a pruned level", ("level",))
 
     def label(self, value: Any) -> str:
         return value
