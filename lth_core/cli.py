@@ -367,7 +367,8 @@ def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     if isinstance(e, OutsideStoreError):
         return f"refused path: {e}" if ";" in str(e) else f"refused path: {e}; keep the store's files inside it"
     if isinstance(e, CorruptArtifactError):
-        return f"a stored file is damaged ({e}); delete that file and run the command again: what depends on it is recomputed"
+        return (f"a stored file is damaged ({e}); delete that file and run the command again: what depends on it "
+                "is recomputed")
     if isinstance(e, LockTimeout):
         return f"{e}; wait for that process to finish, or stop it and run again"
     if isinstance(e, EmptyLayerError):  # a global ranking of scores emptied a layer: found only while drawing

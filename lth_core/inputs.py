@@ -1,7 +1,7 @@
 """The checks every entry point runs on what a user passes, before any work starts.
 
-The core CLI (`lth_core.cli`), the sweeps' pre-flight (`sweeps.preflight`) and the benchmarks
-import them from here, so that no entry point imports another. A problem is an `InputError`
+The core CLI (`lth_core.cli`), the sweeps' pre-flight (`sweeps.preflight`), the report and the
+benchmarks import them from here, so that no entry point imports another. A problem is an `InputError`
 whose message is one line: what is wrong and, after '; ', what to do; an entry point prints it
 as `error: <message>` and exits with `EXIT_USER_ERROR`.
 """
@@ -9,6 +9,7 @@ as `error: <message>` and exits with `EXIT_USER_ERROR`.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import uuid
 from pathlib import Path
@@ -38,8 +39,8 @@ def refuse(e: InputError) -> int:
 
 
 def require_positive(flag: str, value: float) -> None:
-    if not value > 0:
-        raise InputError(f"{flag} must be > 0, got {value:g}; pass a positive {flag}")
+    if not 0 < value < math.inf:  # NaN fails this too
+        raise InputError(f"{flag} must be a finite number > 0, got {value:g}; pass a positive {flag}")
 
 
 def require_at_least(flag: str, value: int, least: int, why: str = "") -> None:
