@@ -27,6 +27,15 @@ TINY_TICKET = ["--width", "0.125", "--epochs", "2", "--batch-size", "128", "--de
                "--keep-epochs", "1"]
 
 
+@pytest.fixture(autouse=True)
+def no_training(monkeypatch):
+    """Training is the work no bad input may start: a check that let one through fails its case at
+    once, instead of training the default recipe's 180 epochs."""
+    from lth_core import lottery
+
+    monkeypatch.setattr(lottery, "fit", must_not_run)
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
