@@ -464,13 +464,26 @@ def test_the_grid_checks_its_combinations_before_ray_starts(tmp_path, monkeypatc
     nothing_written(tmp_path)
 
 
-def test_flat_forms_in_combos_read_as_on_the_command_line(tmp_path, monkeypatch):
-    """YAML's flow mapping splits `{kd: 0.5,5}` at the comma; the combo still means --kd 0.5,5."""
+def sweep_of(*argv: str):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    sweep = sweep_from_args(parser.parse_args(["--set", "combos=[{kd: 0.5,5, label_smoothing: 0.1}, "
-                                                         "{rescale_init: 50,0.02}]"]))
+    return sweep_from_args(parser.parse_args(list(argv)))
+
+
+def test_flat_forms_in_combos_read_as_on_the_command_line():
+    """YAML's flow mapping splits `{kd: 0.5,5}` at the comma; the combo still means --kd 0.5,5."""
+    sweep = sweep_of("--set", "combos=[{kd: 0.5,5, label_smoothing: 0.1}, {rescale_init: 50,0.02}]")
     assert [c.describe() for c in sweep.combos] == ["ls0.1+kd0.5,5", "gradinit(iterations=50,lr=0.02)"]
+
+
+@pytest.mark.parametrize("preset", ["smoke", "fidelity"])
+def test_omp_with_explicit_sparsities_is_a_sweep(preset):
+    """Legal, once refused: the mask sources decide the ticket's method, and explicit sparsities
+    replace the preset's level schedule (fidelity draws 16 levels)."""
+    sweep = sweep_of("--preset", preset, "--prune-methods", "omp", "--set", "ticket.pruning.sparsities=[0.5, 0.9]",
+                     "--levels", "1,2")
+    (ticket,) = {t.pruning for t in sweep.tickets()}
+    assert (ticket.method, ticket.sparsities, ticket.level_sparsities()) == ("omp", (0.5, 0.9), (0.5, 0.9))
 
 
 def test_the_sweep_help_shows_real_defaults(capsys):
