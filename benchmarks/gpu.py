@@ -45,6 +45,7 @@ from benchmarks.synthetic import write_cifar100  # noqa: E402
 from lth_core.config import DataConfig, ModelConfig, RecipeConfig  # noqa: E402
 from lth_core.data import Dataset, load_dataset  # noqa: E402
 from lth_core.hooks import Loop, TrainHook, cross_entropy_loss  # noqa: E402
+from lth_core.inputs import InputError, Parser, check_data, check_device, refuse  # noqa: E402
 from lth_core.masks import Mask  # noqa: E402
 from lth_core.models import build_model  # noqa: E402
 from lth_core.pruning import prune_to_sparsity  # noqa: E402
@@ -54,6 +55,7 @@ SPARSITY = 0.89
 FLOP_FLOOR = 237_000  # images/s: 3.33 GFLOP per training image at 790 TFLOP/s (docs/benchmarks.md)
 PAPER_SPEND_IMAGES = 180 * 45_000  # the paper preset's spend: 180 epochs of 45k training images
 MODES = {"eager": "off", "graphs": "on"}
+PARTS = ("epochs", "agreement", "fused", "packing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,12 +344,25 @@ def table() -> None:
               f"{r.peak} |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def check_args(args: argparse.Namespace) -> None:
+    """The parts, the device and the data files given with --data-root, before anything is
+    written or timed: InputError naming the flag."""
+    if unknown := set(args.parts.split(",")) - set(PARTS):
+        raise InputError(f"--parts: unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+    check_device(RecipeConfig(device=args.device))
+    if args.data_root is not None:
+        if not Path(args.data_root).expanduser().is_dir():
+            raise InputError(f"--data-root {args.data_root} is not a folder; pass the folder holding "
+                             "cifar-100-python/, or leave --data-root out for synthetic files")
+        check_data(DataConfig(name="cifar100", root=args.data_root))
+
+
+def main() -> int:
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run in seconds")
     parser.add_argument("--data-root", help="a folder holding cifar-100-python/ (default: synthetic files)")
-    parser.add_argument("--parts", default="epochs,agreement,fused,packing",
+    parser.add_argument("--parts", default=",".join(PARTS),
                         help="comma-separated parts to run (default: all)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
@@ -355,16 +370,15 @@ def main() -> None:
     parser.add_argument("--worker-mode", default="eager", choices=list(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     scale = TINY if args.tiny else FULL
-    if args.worker:
+    if args.worker:  # started by `packing` with arguments already checked
         worker(args, scale)
-        return
-    parts = set(args.parts.split(","))
-    if unknown := parts - {"epochs", "agreement", "fused", "packing"}:
-        parser.error(f"--parts: unknown part(s) {', '.join(sorted(unknown))}; choose from epochs, agreement, "
-                     "fused, packing")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible; use --device cpu (with --tiny for a smoke run)")
+        return 0
+    try:
+        check_args(args)
+    except InputError as e:
+        return refuse(e)
 
+    parts = set(args.parts.split(","))
     started = time.perf_counter()
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"device {args.device} ({name}), torch {torch.__version__}, resnet18 x{scale.width:g}, "
@@ -392,7 +406,8 @@ def main() -> None:
             guarded("packing", lambda: packing(args, scale, folder))
     table()
     print(f"total seconds: {time.perf_counter() - started:.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

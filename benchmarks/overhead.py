@@ -28,6 +28,7 @@ from benchmarks.synthetic import write_cifar100  # noqa: E402
 from lth_core.config import (DataConfig, ModelConfig, PruneConfig, RecipeConfig, SpendConfig,  # noqa: E402
                              TicketConfig)
 from lth_core.hooks import Loop, Observer  # noqa: E402
+from lth_core.inputs import InputError, Parser, refuse, require_at_least, require_positive  # noqa: E402
 from lth_core.lottery import prepare_spend, train_spend  # noqa: E402
 from lth_core.store import ArtifactStore  # noqa: E402
 
@@ -57,8 +58,16 @@ class EpochTimer(Observer):
         return False
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def check_args(args: argparse.Namespace) -> None:
+    """Every argument, before any file is written: InputError naming the flag."""
+    require_positive("--width", args.width)
+    require_at_least("--train", args.train, 100, "one image per CIFAR-100 class")
+    require_at_least("--epochs", args.epochs, 1)
+    require_at_least("--batch-size", args.batch_size, 2, "train-mode BatchNorm needs two images")
+
+
+def main() -> int:
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--train", type=int, default=2700, help="training images (val and test follow 45:5:10)")
     parser.add_argument("--epochs", type=int, default=6)
@@ -66,6 +75,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--graphs", default="auto", choices=["auto", "on", "off"], help="recipe.graphs of the spend")
     args = parser.parse_args()
+    try:
+        check_args(args)
+    except InputError as e:
+        return refuse(e)
 
     with tempfile.TemporaryDirectory() as tmp:
         n_dev = round(args.train * 50 / 45)
@@ -97,7 +110,8 @@ def main() -> None:
           f"threads={torch.get_num_threads()}")
     print(f"epoch seconds: {total / len(timer.epoch_seconds):.3f}  (training step {step / len(timer.step_seconds):.3f})")
     print(f"outside the training step (evaluation, checkpoint, report) = {1 - step / total:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

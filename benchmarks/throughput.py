@@ -24,8 +24,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lth_core.config import ModelConfig, RecipeConfig  # noqa: E402
+from lth_core.inputs import (InputError, Parser, check_device, refuse, require_at_least,  # noqa: E402
+                             require_positive, require_sparsity)
 from lth_core.masks import Mask, MaskApplier  # noqa: E402
-from lth_core.models import build_model  # noqa: E402
+from lth_core.models import ARCHS, build_model  # noqa: E402
 from lth_core.pruning import prune_to_sparsity  # noqa: E402
 from lth_core.training import Runtime  # noqa: E402
 
@@ -51,8 +53,21 @@ def images_per_second(step, batches, runtime: Runtime) -> float:
     return sum(len(y) for _, y in batches) / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def check_args(args: argparse.Namespace) -> None:
+    """Every argument, before any model is built: InputError naming the flag."""
+    if args.arch not in ARCHS:
+        raise InputError(f"--arch {args.arch!r} is not an architecture; pass one of {', '.join(ARCHS)}")
+    require_positive("--width", args.width)
+    require_at_least("--image-size", args.image_size, 1)
+    require_at_least("--batch-size", args.batch_size, 2, "train-mode BatchNorm needs two images")
+    require_at_least("--steps", args.steps, 1)
+    require_at_least("--repeats", args.repeats, 1)
+    require_sparsity("--sparsity", args.sparsity)
+    check_device(RecipeConfig(device=args.device))
+
+
+def main() -> int:
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--width", type=float, default=0.25)
@@ -62,6 +77,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sparsity", type=float, default=0.8)
     args = parser.parse_args()
+    try:
+        check_args(args)
+    except InputError as e:
+        return refuse(e)
 
     runtime = Runtime.resolve(RecipeConfig(device=args.device))
     torch.manual_seed(0)
@@ -98,7 +117,8 @@ def main() -> None:
     print(f"plain  loop: {plain:10.1f} img/s  (repeats: {', '.join(f'{r:.0f}' for r in rates['plain'])})")
     print(f"masked step: {masked:10.1f} img/s  (repeats: {', '.join(f'{r:.0f}' for r in rates['masked'])})")
     print(f"masked / plain = {masked / plain:.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

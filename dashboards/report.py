@@ -4,7 +4,6 @@ PNGs and trials.parquet, attached to the sweep's parent run under `report/`."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lth_core.inputs import Parser, writable_folder
 from tracking import layout
 from tracking.probe import redact
 
@@ -470,7 +470,7 @@ def build_report(sweep: Sweep, out: Path, sparsity: str = "nominal", panel: list
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dashboards.report", description=__doc__)
+    parser = Parser(prog="python -m dashboards.report", description=__doc__)
     parser.add_argument("--experiment", required=True, help="MLflow experiment (the sweep's name)")
     parser.add_argument("--tracking-uri", help=f"default: $MLFLOW_TRACKING_URI, else {collect.DEFAULT_TRACKING_URI}")
     parser.add_argument("--out", type=Path, help="output folder (default reports/<experiment>)")
@@ -486,14 +486,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _out_problem(out: Path) -> str | None:
-    """Why `out` cannot take the report (checked before any work), or None."""
+    """Why `out` cannot take the report (checked before any work, with a probe file that is
+    removed at once: permission bits say nothing to root or on some mounts), or None."""
     folder = out
     while not folder.exists() and folder.parent != folder:
         folder = folder.parent
     if not folder.is_dir():
         return f"--out {out}: {folder} is a file, not a folder; pass --out with a folder for the report"
-    if not os.access(folder, os.W_OK):
-        return f"--out {out}: {folder} is not writable; pass --out with a folder you can write to"
+    try:
+        writable_folder(out)
+    except OSError as e:
+        return f"--out {out}: {folder} is not writable ({e.strerror or e}); pass --out with a folder you can write to"
     return None
 
 

@@ -15,25 +15,19 @@ import json
 import os
 import sys
 import traceback
-import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from lth_core import paths
 from lth_core.config import (ConfigError, SpendConfig, TicketConfig, from_dict, read_mapping, recipe_overlay,
                              replace)
 from lth_core.flags import FlagTable, add_flags, deep_merge, overrides, tweak_flags
+from lth_core.inputs import (EXIT_USER_ERROR, InputError, Parser, check_spend, check_ticket, first_line, local_folder,
+                             open_store, probe_store, shown_uri)
 from lth_core.mask_sources import SOURCES
 from lth_core.tables import StageProgress, dead_weights_warning, format_levels, weights_line
 
 DEFAULT_STORE = "artifacts"
-EXIT_USER_ERROR = 2
-
-
-class CliError(Exception):
-    """A problem the user can fix: the message says what is wrong and, after '; ', what to do."""
-
 
 # flag -> (dotted field inside a TicketConfig, kind, help); kinds: lth_core.flags
 TICKET_FLAGS: FlagTable = {
@@ -80,21 +74,7 @@ RENAMED = {"--levels": "--num-levels N for the number of IMP levels to draw (the
 
 
 def _from_file(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
-
-    if not args.config:
-        return {}
-    try:
-        return read_mapping(args.config)
-    except ConfigError:
-        raise
-    except (ValueError, OSError, yaml.YAMLError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ConfigError("--config", f"{args.config} does not parse: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] or type(e).__name__
+    return read_mapping(args.config) if args.config else {}
 
 
 def ticket_from_args(args: argparse.Namespace) -> TicketConfig:
@@ -110,113 +90,6 @@ def spend_from_args(args: argparse.Namespace) -> SpendConfig:
 
 
 # ------------------------------------------------------------------ checks before any work
-
-
-def shown_uri(uri: str) -> str:
-    """A URI fit to print: any password replaced by ***."""
-    try:
-        password = urlsplit(uri).password
-    except ValueError:
-        return uri
-    return uri.replace(f":{password}@", ":***@", 1) if password else uri
-
-
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def _local_folder(uri: str) -> Path:
-    return Path(urlsplit(uri).path if uri.startswith("file://") else uri).expanduser()
-
-
-def writable_folder(folder: Path) -> None:
-    """Raise OSError unless `folder` is, or could be created as, a folder that takes files. Leaves
-    nothing behind: a missing folder is not created, its nearest existing parent is probed."""
-    target = folder
-    while not target.exists():
-        if target.parent == target:
-            break
-        target = target.parent
-    if not target.is_dir():
-        raise NotADirectoryError(20, "Not a directory", str(target))
-    probe = target / f".lth-probe-{uuid.uuid4().hex}"
-    probe.write_bytes(b"probe")
-    probe.unlink()
-
-
-def probe_store(uri: str, flag: str = "--store") -> None:
-    """Check, before any work, that the artifact store at `uri` takes files, leaving nothing behind:
-    a local folder (or its nearest existing parent) takes a probe file; any other store gets a probe
-    artifact written, read back and deleted. Raises CliError naming the flag."""
-    from lth_core.store import ArtifactStore, CorruptArtifactError
-
-    shown = shown_uri(uri)
-    how = f"pass {flag} with a writable folder or a pyarrow URI such as s3://bucket/prefix"
-    if not uri or not uri.strip():
-        raise CliError(f"{flag} is empty; {how}")
-    try:
-        if _is_local(uri):
-            writable_folder(_local_folder(uri))
-            return
-        store = ArtifactStore(uri)
-        probe = f"probe-{uuid.uuid4().hex}"
-        try:
-            store.write_bytes(probe, b"lth probe")
-            if store.read_bytes(probe) != b"lth probe":
-                raise CorruptArtifactError("the probe file read back differs from what was written")
-        finally:
-            store.delete(probe)
-    except (ValueError, OSError, ImportError, CorruptArtifactError) as e:
-        raise CliError(f"cannot write to the artifact store {shown} ({_first_line(e).replace(uri, shown)}); "
-                       f"{how}") from None
-
-
-def open_store(uri: str, *, write: bool = True, flag: str = "--store"):
-    """The artifact store at `uri`, checked first (`probe_store`); without `write`, a local store
-    must exist already (nothing is created). Raises CliError naming the flag."""
-    from lth_core.store import ArtifactStore
-
-    shown = shown_uri(uri)
-    if write:
-        probe_store(uri, flag)
-    elif not uri or not uri.strip():
-        raise CliError(f"{flag} is empty; pass {flag} with the store the draw wrote to")
-    elif _is_local(uri) and not _local_folder(uri).is_dir():
-        raise CliError(f"no artifact store at {_local_folder(uri)} ({flag} {shown}); pass {flag} with the store "
-                       "the draw wrote to (default: $LTH_STORE_URI or ./artifacts)")
-    try:
-        return ArtifactStore(uri)
-    except (ValueError, OSError, ImportError) as e:
-        raise CliError(f"cannot open the artifact store {shown} ({_first_line(e).replace(uri, shown)}); pass "
-                       f"{flag} with a folder or a pyarrow URI such as s3://bucket/prefix") from None
-
-
-def check_device(recipe: Any, flag: str = "--device") -> None:
-    """The recipe's device and precision exist on this machine (`Runtime.resolve`)."""
-    from lth_core.training import Runtime
-
-    try:
-        Runtime.resolve(recipe)
-    except RuntimeError as e:
-        raise CliError(f"{flag}/--precision: {e}") from None
-
-
-def check_data(data: Any) -> None:
-    """The data set's files are there and readable in their format (read once; cached per process)."""
-    from lth_core.data import unreadable
-
-    problem = unreadable(data)
-    if problem is not None:
-        raise CliError(problem)
-
-
-def check_ticket(ticket: TicketConfig) -> None:
-    from lth_core.data import load_dataset
-    from lth_core.lottery import check_schedule
-
-    check_device(ticket.recipe)
-    check_data(ticket.data)
-    check_schedule(ticket, load_dataset(ticket.data))
 
 
 def _stages(ticket: TicketConfig) -> str:
@@ -302,13 +175,10 @@ def _spend_checked(args: argparse.Namespace, epoch: int | None = None) -> tuple[
     if epoch is not None:
         last = config.train_recipe.epochs
         if not 0 <= epoch <= last:
-            raise CliError(f"--epoch {epoch} is not an epoch of the spend (it trains {last}); pass --epoch between 0 "
+            raise InputError(f"--epoch {epoch} is not an epoch of the spend (it trains {last}); pass --epoch between 0 "
                            f"(its starting weights) and {last}, or leave it out for the final weights")
         config = replace(config, snapshot_epochs=(*config.snapshot_epochs, epoch))
-    check_device(config.ticket.recipe)
-    if config.recipe is not None:
-        check_device(config.recipe)
-    check_data(config.ticket.data)
+    check_spend(config)
     store = open_store(args.store)
     print(spend_plan(config, store), file=sys.stderr)
     return config, store
@@ -337,18 +207,18 @@ def cmd_show(args: argparse.Namespace) -> dict[str, Any]:
     try:
         path = paths.ticket_summary(key)
     except ValueError as e:
-        raise CliError(f"--key: {e}; pass the key a draw printed (`ticket <key>` in its table)") from None
+        raise InputError(f"--key: {e}; pass the key a draw printed (`ticket <key>` in its table)") from None
     store = open_store(args.store, write=False)
     if not store.exists(path):
-        raise CliError(f"no finished draw with key {key} in {shown_uri(store.uri)}; run `python -m lth_core draw` "
-                       "with the same settings first, or pass the --store it wrote to")
+        raise InputError(f"no finished draw with key {key} in {shown_uri(store.uri)}; run `python -m lth_core draw` "
+                         "with the same settings first, or pass the --store it wrote to")
     from lth_core.lottery import read_draw
 
     summary, problems = read_draw(key, store)
     if problems:
-        raise CliError(f"the draw {key} in {shown_uri(store.uri)} has missing or corrupt files "
-                       f"({', '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}); run "
-                       "`python -m lth_core draw` with its settings to recompute them")
+        raise InputError(f"the draw {key} in {shown_uri(store.uri)} has missing or corrupt files "
+                         f"({', '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}); run "
+                         "`python -m lth_core draw` with its settings to recompute them")
     print(format_levels(summary), file=sys.stderr)
     return summary
 
@@ -358,17 +228,17 @@ def check_analyze_args(args: argparse.Namespace) -> tuple[str, ...]:
 
     for flag, value in (("--grid", args.grid), ("--batches", args.batches), ("--top-k", args.top_k)):
         if value < 1:
-            raise CliError(f"{flag} must be >= 1, got {value}; pass {flag} 1 or more")
-    if args.threshold < 0:
-        raise CliError(f"--threshold must be >= 0, got {args.threshold:g}; pass a small positive number such "
-                       "as 1e-3")
+            raise InputError(f"{flag} must be >= 1, got {value}; pass {flag} 1 or more")
+    if not 0 <= args.threshold < float("inf"):  # NaN fails this too
+        raise InputError(f"--threshold must be a finite number >= 0, got {args.threshold:g}; pass a small positive "
+                         "number such as 1e-3")
     names = tuple(n.strip() for n in args.compare_activations.split(",") if n.strip())
     unknown = [n for n in names if n not in ACTIVATIONS]
     if not names or unknown:
-        raise CliError(f"--compare-activations: {'unknown activation ' + repr(unknown[0]) if unknown else 'empty'}; "
-                       f"pass a comma-separated list of {', '.join(ACTIVATIONS)}")
+        raise InputError(f"--compare-activations: {'unknown activation ' + repr(unknown[0]) if unknown else 'empty'}; "
+                         f"pass a comma-separated list of {', '.join(ACTIVATIONS)}")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CliError(f"--out {args.out} is a file; pass a folder for the plots and arrays")
+        raise InputError(f"--out {args.out} is a file; pass a folder for the plots and arrays")
     return names
 
 
@@ -401,9 +271,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         findings = scan(store)
     except NotAStoreError as e:
-        via = f" (--store {args.store} is a link to it)" if _local_folder(args.store).is_symlink() else ""
-        raise CliError(f"{e}{via}; pass --store with the folder draws and spends write to "
-                       "(nothing was changed)") from None
+        via = f" (--store {args.store} is a link to it)" if local_folder(args.store).is_symlink() else ""
+        raise InputError(f"{e}{via}; pass --store with the folder draws and spends write to "
+                         "(nothing was changed)") from None
     if args.repair:
         probe_store(args.store)  # a store that takes no writes is named here, not half-way through
     repaired = repair(store, findings) if args.repair else []
@@ -430,7 +300,7 @@ def cmd_tweaks(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lth_core", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m lth_core", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", default=False,
                         help="show the traceback of an error (also: LTH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -520,26 +390,24 @@ def config_error_text(e: ConfigError, command: str | None, config_file: str | No
         if field == "--config":
             return f"{e}; fix the file or pass another --config"
         return f"{e}; see `python -m lth_core {command or ''} --help`".replace("  ", " ")
-    flag = _flag_of(field, command)
-    where = f"{field} in {config_file}" if config_file else None
     if "unknown field" in str(e):
         return f"{e}; remove or rename it" + (f" in {config_file}" if config_file else "")
-    if flag and where:
-        return f"{e}; fix {flag} or {where}"
-    if flag:
-        return f"{e}; fix {flag}"
-    if where:
-        return f"{e}; fix {where}"
+    flags = list(dict.fromkeys(f for path in (field, *e.related) if (f := _flag_of(path, command))))
+    where = f"{field} in {config_file}" if config_file else None
+    fixes = [*flags, *([where] if where else [])]
+    if fixes:
+        return f"{e}; fix {' or '.join(fixes)}"
     return f"{e}; see `python -m lth_core {command or ''} --help`".replace("  ", " ")
 
 
 def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     """The one-line message of a user-facing error; None for anything else (a bug)."""
     from lth_core.data import DatasetFormatError, DatasetNotFoundError, not_found_text
+    from lth_core.pruning import EmptyLayerError
     from lth_core.store import CorruptArtifactError, LockTimeout, OutsideStoreError
 
     command = getattr(args, "command", None)
-    if isinstance(e, CliError):
+    if isinstance(e, InputError):
         return str(e)
     if isinstance(e, ConfigError):
         return config_error_text(e, command, getattr(args, "config", None))
@@ -550,9 +418,13 @@ def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     if isinstance(e, OutsideStoreError):
         return f"refused path: {e}" if ";" in str(e) else f"refused path: {e}; keep the store's files inside it"
     if isinstance(e, CorruptArtifactError):
-        return f"a stored file is damaged ({e}); run the command again: damaged artifacts are recomputed"
+        return (f"a stored file is damaged ({e}); delete that file and run the command again: what depends on it "
+                "is recomputed")
     if isinstance(e, LockTimeout):
         return f"{e}; wait for that process to finish, or stop it and run again"
+    if isinstance(e, EmptyLayerError):  # a global ranking of scores emptied a layer: found only while drawing
+        return (f"{str(e).partition(';')[0]}; draw fewer or less sparse levels (--num-levels, --prune-rate or "
+                "--sparsities), or use --scope layerwise")
     return None
 
 
@@ -576,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         if message is not None:
             print(f"error: {message}", file=sys.stderr)
             return EXIT_USER_ERROR
-        print(f"error: unexpected {type(e).__name__}: {_first_line(e)}; rerun with --debug (or LTH_DEBUG=1) for "
+        print(f"error: unexpected {type(e).__name__}: {first_line(e)}; rerun with --debug (or LTH_DEBUG=1) for "
               "the traceback, and report it", file=sys.stderr)
         return 1
     if isinstance(result, int):  # a command that printed its own report returns its exit status

@@ -9,6 +9,7 @@ stable content keys (`lth_core.schema`, re-exported here).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,13 @@ PRUNE_SCOPES = ("global", "layerwise")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 GRAPHS = ("auto", "on", "off")
+SEED_MAX = 2**63 - 1  # a seed fits a signed 64-bit integer: torch, numpy, sqlite and JSON readers all take it
+
+
+def check_seed(seed: int, field_path: str) -> None:
+    """Seeds are whole numbers in [0, SEED_MAX]: a negative one would let a control's derived seed
+    (`tweaks.ticket_init.control_seed`) equal the ticket's, and a larger one does not fit torch."""
+    require(0 <= seed <= SEED_MAX, field_path, f"must be in [0, 2**63 - 1], got {seed}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         choice(self.name, DATASETS, "data.name")
-        require(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        require(0.0 < self.val_fraction <= 0.5, "data.val_fraction",
+                 f"must be in (0, 0.5], got {self.val_fraction}: the validation split is held out of the training "
+                 "set, at most half of it (default 0.1)")
         require(self.train_size >= 0, "data.train_size", f"must be >= 0 (0 = every training image), "
                                                          f"got {self.train_size}")
         require(self.test_size >= 0, "data.test_size", f"must be >= 0 (0 = the whole test set), got {self.test_size}")
@@ -110,7 +120,8 @@ class RecipeConfig:
         require(0 < self.lr_gamma <= 1, "recipe.lr_gamma", f"must be in (0, 1], got {self.lr_gamma}")
         for m in self.milestones:
             require(1 <= m < self.epochs, "recipe.milestones",
-                     f"epoch {m} is past the last epoch ({self.epochs}); milestones must be in [1, {self.epochs - 1}]")
+                     f"epoch {m} is past the last epoch ({self.epochs}); milestones must be in [1, {self.epochs - 1}]",
+                     ("recipe.epochs",))
         require(list(self.milestones) == sorted(set(self.milestones)), "recipe.milestones",
                  f"must be strictly increasing, got {list(self.milestones)}")
         choice(self.device, DEVICES, "recipe.device")
@@ -154,7 +165,15 @@ class PruneConfig:
         if self.sparsities:
             require(self.method != "imp", "pruning.sparsities",
                      "explicit sparsities are for one-shot sources (omp and the pruning-at-init ones); "
-                     "IMP follows 1 - (1 - rate)^k")
+                     "IMP follows 1 - (1 - rate)^k", ("pruning.method",))
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name in ("levels", "rate"):  # given with sparsities, they would change the key and nothing else
+                require(getattr(self, name) == defaults[name], f"pruning.{name}",
+                         f"is not used with explicit sparsities (the draw has one level per sparsity); leave it "
+                         f"at its default ({defaults[name]}) or drop pruning.sparsities", ("pruning.sparsities",))
+        require(self.scope == "global" or self.source.uses_scope, "pruning.scope",
+                 f"{self.method} sets each layer's sparsity itself and ignores the scope; leave pruning.scope "
+                 "global, or pick a source that ranks scores (imp, omp, snip, grasp, synflow)", ("pruning.method",))
         if self.source.at_init:
             require(self.rewind_epoch == 0, "pruning.rewind_epoch",
                      f"{self.method} draws its masks at initialisation and trains no level; rewind a spend "
@@ -193,10 +212,12 @@ class TicketConfig:
         object.__setattr__(self, "keep_epochs", tuple(sorted(set(self.keep_epochs) - {0})))
         for e in self.keep_epochs:
             require(0 <= e < self.recipe.epochs, "keep_epochs",
-                     f"epoch {e} is not in the dense run (epochs 0..{self.recipe.epochs - 1})")
+                     f"epoch {e} is not in the dense run of {self.recipe.epochs} epoch(s) (epochs "
+                     f"0..{self.recipe.epochs - 1})", ("recipe.epochs",))
         require(self.pruning.rewind_epoch in self.rewind_epochs, "pruning.rewind_epoch",
                  f"IMP rewinds to epoch {self.pruning.rewind_epoch}, which the dense run does not keep; "
-                 f"add it to keep_epochs (kept: {list(self.rewind_epochs)})")
+                 f"add it to keep_epochs (kept: {list(self.rewind_epochs)})", ("keep_epochs",))
+        check_seed(self.seed, "seed")
 
     @property
     def rewind_epochs(self) -> tuple[int, ...]:
@@ -227,7 +248,9 @@ class SpendConfig:
 
     def __post_init__(self) -> None:
         n = self.ticket.num_levels
-        require(0 <= self.level <= n, "level", f"must be in [0, {n}] (0 is the dense net), got {self.level}")
+        require(0 <= self.level <= n, "level", f"must be in [0, {n}] (0 is the dense net), got {self.level}",
+                 ("ticket.pruning.levels",))
+        check_seed(self.seed, "seed")
         # Order and repeats do not matter: one spelling.
         object.__setattr__(self, "snapshot_epochs", tuple(sorted(set(self.snapshot_epochs))))
         epochs = self.train_recipe.epochs

@@ -156,6 +156,9 @@ def _build(name: str, root: str | None, val_fraction: float, split_seed: int, tr
     else:
         dev_x, dev_y, test_x, test_y, num_classes = _read_tinyimagenet(Path(root))
     train_idx, val_idx = (torch.from_numpy(i) for i in _stratified_split(dev_y, val_fraction, split_seed))
+    if len(val_idx) == 0:  # validating on nothing would pick epochs blindly and end with exit 0 all the same
+        raise ConfigError("data.val_fraction", f"{val_fraction:g} of {len(dev_y)} images holds out no validation "
+                                               "image; raise it (default 0.1)")
     if train_size:
         if train_size > len(train_idx):
             raise ConfigError("data.train_size", f"{train_size} is more than the {len(train_idx)} training images "

@@ -105,13 +105,13 @@ def add_flags(parser: argparse.ArgumentParser, flags: FlagTable, defaults: Any =
 
 
 def parse_value(kind: Any, raw: Any, flag: str) -> Any:
+    if kind in ("ints", "floats") and not all(v.strip() for v in raw.split(",")) and raw.strip():
+        raise ConfigError(flag, f"cannot read {raw!r}: an entry between commas is empty")
     try:
         if kind == "flag":
             return True
-        if kind == "ints":
-            return [int(v) for v in raw.split(",") if v.strip()]
-        if kind == "floats":
-            return [float(v) for v in raw.split(",") if v.strip()]
+        if kind in ("ints", "floats"):  # "" is the empty list
+            return [(int if kind == "ints" else float)(v) for v in raw.split(",") if v.strip()]
         if isinstance(kind, Parsed):
             return kind.parse(raw)
         return kind(raw)
@@ -142,10 +142,19 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def overrides(args: argparse.Namespace, flags: FlagTable, prefix: str = "") -> dict[str, Any]:
-    """The nested dict of the flags that were given."""
+    """The nested dict of the flags that were given. A flag that sets a whole section (`--kd 0.5,5`,
+    `--swa off`) and one that sets a field of it (`--kd-alpha`) contradict each other unless the
+    first only turns the section on: refused, rather than one silently winning."""
+    given = {flag: raw for flag in flags if (raw := getattr(args, flag.strip("-").replace("-", "_"))) is not None}
+    for whole, raw in given.items():
+        section = flags[whole][0]
+        for part in given:
+            kind = flags[whole][1]
+            if flags[part][0].startswith(section + ".") and not (isinstance(kind, Parsed) and raw == kind.const):
+                raise ConfigError(part, f"contradicts {whole} {raw}, which sets all of {section}; give either "
+                                        f"{whole} or its settings ({whole} on {part} ...)")
     tree: dict[str, Any] = {}
-    for flag, (dotted, kind, _) in flags.items():
-        raw = getattr(args, flag.strip("-").replace("-", "_"))
-        if raw is not None:
-            set_dotted(tree, prefix + dotted, parse_value(kind, raw, flag))
+    for flag, raw in given.items():
+        dotted, kind, _ = flags[flag]
+        set_dotted(tree, prefix + dotted, parse_value(kind, raw, flag))
     return tree

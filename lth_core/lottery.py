@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import numbers
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -236,8 +237,9 @@ def read_draw(key: str, store: ArtifactStore) -> tuple[dict[str, Any] | None, li
 
 
 def draw_problems(ticket: TicketConfig, store: ArtifactStore) -> list[str]:
-    """The files of a finished draw that are missing or corrupt (checksum or JSON shape). The dense
-    run of a draw at initialisation is not part of it: it is checked when a spend needs it."""
+    """The files of a finished draw that are missing or corrupt (checksum, safetensors that do not
+    parse, JSON shape). The dense run of a draw at initialisation is not part of it: it is checked
+    when a spend needs it."""
     key = ticket.key
     levels = range(1, ticket.num_levels + 1)
     if ticket.pruning.source.at_init:
@@ -250,7 +252,7 @@ def draw_problems(ticket: TicketConfig, store: ArtifactStore) -> list[str]:
         for level in levels:
             tensors += [paths.level_mask(key, level), paths.level_final(key, level)]
             jsons.append((paths.level_metrics(key, level), LEVEL_METRICS_SHAPE))
-    problems = [p for p in tensors if not store.verify(p)]
+    problems = [p for p in tensors if _read_if_valid(store.read_tensors, p, "", warn=False) is None]
     for path, shape in jsons:
         try:
             read_json_checked(store, path, shape)
@@ -300,24 +302,29 @@ def dense_run(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageC
 
 
 def check_schedule(ticket: TicketConfig, dataset: Dataset) -> None:
-    """Refuse, before anything trains, a pruning schedule that must empty a layer: fewer weights
-    kept at the last level than there are layers, or (layer-wise) a layer whose share rounds to
-    none. Whether global magnitude pruning empties a layer earlier depends on the weights: that
-    is refused at the level where it happens."""
+    """Refuse, before anything trains, a pruning schedule that must empty a layer: a layer whose
+    share rounds to none where the shapes decide the shares (`MaskSource.kept_per_layer`: a
+    layer-wise scope, random, ERK), else fewer weights kept at the last level than there are
+    layers. Whether a global ranking of scores empties a layer earlier depends on the scores:
+    the draw refuses that at the level where it happens (`pruning.EmptyLayerError`)."""
     pruning = ticket.pruning
     if pruning.allow_empty_layers:
         return
     model = build_ticket_model(ticket, dataset)
-    sizes = {name: model.get_parameter(name).numel() for name in prunable_names(model, pruning.prune_linear)}
+    shapes = {name: model.get_parameter(name).shape for name in prunable_names(model, pruning.prune_linear)}
     sparsity = max(pruning.level_sparsities())
-    if pruning.scope == "layerwise" or pruning.method == "random":
-        emptied = [name for name, n in sizes.items() if round(n * (1 - sparsity)) == 0]
+    kept = pruning.source.kept_per_layer(shapes, sparsity, pruning.scope)
+    if kept is not None:
+        emptied = [name for name, count in kept.items() if count == 0]
     else:
-        emptied = list(sizes) if round(sum(sizes.values()) * (1 - sparsity)) < len(sizes) else []
+        total = sum(math.prod(shape) for shape in shapes.values())
+        emptied = list(shapes) if round(total * (1 - sparsity)) < len(shapes) else []
     if emptied:
-        raise ConfigError("pruning.levels", f"the last level ({sparsity:.4%} sparse) must remove every weight of "
-                                            f"{', '.join(emptied[:3])}{' ...' if len(emptied) > 3 else ''}: "
-                                            "draw fewer levels, or set pruning.allow_empty_layers")
+        field, related = (("pruning.sparsities", ()) if pruning.sparsities
+                          else ("pruning.levels", ("pruning.rate",)))
+        raise ConfigError(field, f"the last level ({sparsity:.4%} sparse) must remove every weight of "
+                                 f"{', '.join(emptied[:3])}{' ...' if len(emptied) > 3 else ''}; draw fewer or "
+                                 "less sparse levels, or set pruning.allow_empty_layers", related)
 
 
 def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: StageCallback | None) -> dict[str, Any]:
@@ -428,7 +435,14 @@ def _draw_mask(ticket: TicketConfig, model: nn.Module, previous: Mask, sparsity:
 
 
 def _read_mask(store: ArtifactStore) -> Callable[[str], Mask]:
-    return lambda path: Mask.from_bytes(store.read_bytes(path))
+    def read(path: str) -> Mask:
+        tensors = store.read_tensors(path)
+        try:
+            return Mask(tensors)
+        except TypeError as e:  # a tensor that is not bool: not a mask
+            raise CorruptArtifactError(f"{path}: not a mask ({e})") from None
+
+    return read
 
 
 def load_level(ticket: TicketConfig, level: int, store: ArtifactStore) -> Mask | None:

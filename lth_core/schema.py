@@ -24,11 +24,34 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and what is allowed."""
+    """A configuration value is invalid; the message names the field and what is allowed.
 
-    def __init__(self, field_path: str, message: str):
+    `related` names the other fields the problem involves (the epochs a kept epoch must fall in),
+    so that a hint can name every flag that fixes it. Paths are relative to where the config
+    sits; `from_dict` roots them at the top of what it reads (`ticket.recipe.epochs` in a spend
+    or a sweep). Errors pickle with their fields: a Ray trial's error reaches the driver whole."""
+
+    def __init__(self, field_path: str, message: str, related: tuple[str, ...] = ()):
         self.field_path = field_path
+        self.message = message
+        self.related = tuple(related)
         super().__init__(f"{field_path}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.field_path, self.message, self.related)
+
+    def rooted(self, prefix: str, anchors: Any) -> ConfigError:
+        """This error with its paths under `prefix`: each path is cut at its first part that names
+        one of `anchors` (the fields of the config that raised it), and `prefix` put before that."""
+        if not prefix:
+            return self
+
+        def root(path: str) -> str:
+            parts = path.split(".")
+            start = next((i for i, part in enumerate(parts) if part in anchors), 0)
+            return prefix + ".".join(parts[start:])
+
+        return ConfigError(root(self.field_path), self.message, tuple(root(p) for p in self.related))
 
 
 def not_keyed(default: Any) -> Any:
@@ -41,9 +64,9 @@ def documented(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
-def require(ok: bool, field_path: str, message: str) -> None:
+def require(ok: bool, field_path: str, message: str, related: tuple[str, ...] = ()) -> None:
     if not ok:
-        raise ConfigError(field_path, message)
+        raise ConfigError(field_path, message, related)
 
 
 def choice(value: str, allowed: tuple[str, ...], field_path: str) -> None:
@@ -119,19 +142,28 @@ def from_dict(cls: type[Config], data: dict[str, Any] | None, _path: str = "") -
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(_path.rstrip(".") or cls.__name__, f"expected a mapping, got {type(data).__name__}")
+    prepare = getattr(cls, "mapping_as_written", None)  # a config that undoes what YAML did to its flat forms
+    if prepare is not None:
+        data = prepare(data)
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(set(data) - set(known), key=str)
     if unknown:
         raise ConfigError(f"{_path}{unknown[0]}", f"unknown field; known fields: {', '.join(known)}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         parse = known[name].metadata.get("parse")  # a field that reads its own spellings
-        kwargs[name] = parse(value) if parse is not None else coerce(hints[name], value, f"{_path}{name}")
+        if parse is None:
+            kwargs[name] = coerce(hints[name], value, f"{_path}{name}")
+            continue
+        try:
+            kwargs[name] = parse(value)
+        except ConfigError as e:
+            raise e.rooted(_path, {name}) from None
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise e.rooted(_path, known) from None
     except TypeError as e:
         raise ConfigError(_path.rstrip(".") or cls.__name__, str(e)) from e
 
@@ -151,6 +183,8 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, f"expected a list, got {value!r}")
+        if dataclasses.is_dataclass(args[0]):  # a list of configs: name the entry (combos[2].kd)
+            return tuple(coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
         return tuple(coerce(args[0], v, path) for v in value)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -177,12 +211,18 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
 
 
 def read_mapping(path: str | Path, field: str = "--config") -> dict[str, Any]:
-    """A JSON (.json) or YAML file holding a mapping of config fields."""
+    """A JSON (.json) or YAML file holding a mapping of config fields; a file that is missing, or
+    does not parse, raises ConfigError naming `field` and the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(field, f"{path} is a folder, not a config file")
     if not path.is_file():
         raise ConfigError(field, f"config file {path} not found")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, OSError, yaml.YAMLError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(field, f"{path} does not parse: {' '.join(str(e).split())[:300]}") from None
     if not isinstance(data, dict):
         raise ConfigError(field, f"{path} must hold a mapping of config fields")
     return data

@@ -242,7 +242,12 @@ class ArtifactStore:
         self.write_bytes(path, safetensors.torch.save(cpu, metadata=metadata))
 
     def read_tensors(self, path: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        tensors = safetensors.torch.load(self.read_bytes(path))
+        """A safetensors file, verified; one whose checksum matches but that does not parse (cut short
+        before its sidecar was recomputed) raises CorruptArtifactError naming it, as a bad checksum does."""
+        try:
+            tensors = safetensors.torch.load(self.read_bytes(path))
+        except safetensors.SafetensorError as e:
+            raise CorruptArtifactError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
         if torch.device(device).type == "cpu":
             return tensors
         return {name: t.to(device) for name, t in tensors.items()}

@@ -16,19 +16,27 @@ from typing import Any
 import yaml
 
 from lth_core.config import (ARCHS, DATASETS, ConfigError, RecipeConfig, SpendConfig, TicketConfig, TweakConfig,
-                             from_dict, read_mapping, recipe_overlay, replace, to_dict)
-from lth_core.flags import FlagTable, Parsed, add_flags, deep_merge, overrides, set_dotted
+                             check_seed, from_dict, read_mapping, recipe_overlay, replace, to_dict)
+from lth_core.flags import FlagTable, Parsed, add_flags, deep_merge, field_default, overrides, set_dotted
 from lth_core.mask_sources import SOURCES
 from lth_core.tweaks import REGISTRY
 
 
 def _check_space(self: Any) -> None:
+    """Each dimension: at least one choice, each once, each a flat value the tweak reads (Optuna
+    samples plain values only: a mapping is refused with its flat spelling)."""
     for tweak in REGISTRY:
         choices = getattr(self, tweak.name)
+        path = f"optuna_space.{tweak.name}"
         if not choices:
-            raise ConfigError(f"optuna_space.{tweak.name}", "needs at least one choice")
+            raise ConfigError(path, "needs at least one choice")
+        if len(set(map(repr, choices))) != len(choices):
+            raise ConfigError(path, f"lists a choice twice: {list(choices)}")
         for value in choices:
-            tweak.decode(value)
+            decoded = tweak.decode(value)
+            if not isinstance(value, (str, int, float, bool, type(None))):
+                raise ConfigError(path, f"{value!r} is not a flat value Optuna can sample; write it as "
+                                        f"{tweak.encode(decoded)!r}")
 
 
 OptunaSpace = dataclasses.make_dataclass(
@@ -92,9 +100,17 @@ class SweepConfig:
         n = self.ticket.num_levels
         for level in self.levels:
             if not 0 <= level <= n:
-                raise ConfigError("levels", f"level {level} is not drawn: the ticket has levels 0..{n}")
-        if not self.seeds or not self.ticket_seeds or not self.combos:
-            raise ConfigError("seeds/ticket_seeds/combos", "each needs at least one entry")
+                raise ConfigError("levels", f"level {level} is not drawn: the ticket has levels 0..{n}",
+                                  ("ticket.pruning.levels",))
+        for name in ("seeds", "ticket_seeds", "combos"):
+            if not getattr(self, name):
+                raise ConfigError(name, "needs at least one entry")
+        for method in self.prune_methods:
+            if method not in SOURCES:
+                raise ConfigError("prune_methods", f"unknown mask source {method!r}; allowed: {', '.join(SOURCES)}")
+        for name in ("seeds", "ticket_seeds"):
+            for seed in getattr(self, name):
+                check_seed(seed, name)
         for name in ("levels", "seeds", "ticket_seeds", "datasets", "archs", "prune_methods", "combos",
                      "analyze_epochs"):
             values = getattr(self, name)
@@ -110,6 +126,11 @@ class SweepConfig:
             raise ConfigError("gpus_per_trial", f"must be >= 0, got {self.gpus_per_trial}")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ConfigError("gpus_per_trial", "above 1 must be a whole number of GPUs")
+        epochs = (self.spend_recipe or self.ticket.recipe).epochs
+        if self.asha and self.asha_grace_epochs > epochs:
+            raise ConfigError("asha_grace_epochs", f"{self.asha_grace_epochs} is more than the {epochs} epochs of a "
+                                                   "spend: ASHA would stop nothing",
+                              ("spend_recipe.epochs" if self.spend_recipe else "ticket.recipe.epochs",))
         if self.hessian_every < 0:
             raise ConfigError("hessian_every", f"must be >= 0 (0 = off), got {self.hessian_every}")
         if self.optuna_trials < 1:
@@ -119,8 +140,22 @@ class SweepConfig:
             if not 0 <= epoch <= epochs:
                 raise ConfigError("analyze_epochs", f"epoch {epoch} is not in a spend (epochs 0..{epochs}, 0 = its "
                                                     "starting weights)")
-        for spend in self.spends():  # every combination must be a valid spend before anything runs
-            pass
+        self._check_spends()
+
+    def _check_spends(self) -> None:
+        """Every combination must be a valid spend before anything runs; a problem is named where
+        the sweep sets it (`ticket.pruning.sparsities` with a mask source, `combos[2].init`)."""
+        try:
+            tickets = self.tickets()
+        except ConfigError as e:  # the template fits its own source, not one that prune_methods names
+            raise ConfigError(f"ticket.{e.field_path}", e.message, ("prune_methods",)) from None
+        for index, tweaks in enumerate(self.combos):
+            for ticket in tickets:
+                try:
+                    SpendConfig(ticket=ticket, level=self.spend_levels[0], recipe=self.spend_recipe, tweaks=tweaks,
+                                seed=self.seeds[0])
+                except ConfigError as e:
+                    raise combo_error(e, index) from None
 
     @property
     def spend_levels(self) -> tuple[int, ...]:
@@ -138,6 +173,14 @@ class SweepConfig:
                             snapshot_epochs=self.analyze_epochs)
                 for t in self.tickets() for level in self.spend_levels for tweaks in self.combos
                 for seed in self.seeds]
+
+
+def combo_error(e: ConfigError, index: int) -> ConfigError:
+    """A spend's error with its tweak paths named as the sweep sets them: tweaks.kd -> combos[2].kd."""
+    def path(p: str) -> str:
+        return f"combos[{index}]{p[len('tweaks'):]}" if p == "tweaks" or p.startswith("tweaks.") else p
+
+    return ConfigError(path(e.field_path), e.message, tuple(path(p) for p in e.related))
 
 
 def _smoke() -> dict[str, Any]:
@@ -422,23 +465,63 @@ def _preset_defaults() -> Any:
 
 
 def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
-    data = PRESETS[args.preset]()
-    data.setdefault("store", os.environ.get("LTH_STORE_URI", "artifacts"))
-    data.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    preset = PRESETS[args.preset]()
+    preset.setdefault("store", os.environ.get("LTH_STORE_URI", "artifacts"))
+    preset.setdefault("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     if os.environ.get("RAY_ADDRESS") and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-        data.setdefault("ray_address", os.environ["RAY_ADDRESS"])  # a driver started by `ray job submit`
-    if args.config:
-        data = deep_merge(data, read_mapping(args.config))
-    data = deep_merge(data, overrides(args, FLAGS))
+        preset.setdefault("ray_address", os.environ["RAY_ADDRESS"])  # a driver started by `ray job submit`
+    user = read_mapping(args.config) if args.config else {}  # what the user set, over the preset
+    user = deep_merge(user, overrides(args, FLAGS))
     for item in args.set:
         field, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError("--set", f"{item!r}: use FIELD=VALUE")
-        set_dotted(data, field.strip(), yaml.safe_load(raw))
-    if isinstance(data.get("spend_recipe"), dict):  # given in part: the rest is the ticket's recipe
-        data["spend_recipe"] = recipe_overlay(from_dict(TicketConfig, data.get("ticket")).recipe,
-                                              data["spend_recipe"])
-    return resolve_paths(from_dict(SweepConfig, data))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError("--set", f"{item!r}: the value does not parse as YAML ({' '.join(str(e).split())})"
+                                       "; quote it, e.g. --set 'combos=[{kd: \"0.5,5\"}]'") from None
+        set_dotted(user, field.strip(), value)
+    data = deep_merge(_preset_under(preset, user), user)
+    try:
+        if isinstance(data.get("spend_recipe"), dict):  # given in part: the rest is the ticket's recipe
+            data["spend_recipe"] = recipe_overlay(from_dict(TicketConfig, data.get("ticket"), "ticket.").recipe,
+                                                  data["spend_recipe"])
+        return resolve_paths(from_dict(SweepConfig, data))
+    except ConfigError as e:
+        message, related = e.message, e.related
+        if data.get("prune_methods"):  # they pick the ticket's method: a hint names them
+            related = tuple("prune_methods" if p == "ticket.pruning.method" else p for p in related)
+        if field_default(user, e.field_path) is dataclasses.MISSING and \
+                field_default(preset, e.field_path) is not dataclasses.MISSING:
+            message += f" (the value of --preset {args.preset})"
+        raise ConfigError(e.field_path, message, related) from None
+
+
+def _preset_under(preset: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """The preset as the user's settings leave it. With mask sources (`prune_methods`) the ticket's
+    own `pruning.method` is not used: one the user sets that is not among them is refused, and the
+    template takes the first source (so `pruning.sparsities` fit an OMP-only sweep). Explicit
+    `pruning.sparsities` replace the preset's level schedule (`levels`, `rate`)."""
+    preset = deep_merge(preset, {})
+    methods = user.get("prune_methods", preset.get("prune_methods"))
+    method = field_default(user, "ticket.pruning.method")
+    pruning = preset.setdefault("ticket", {}).setdefault("pruning", {})
+    if isinstance(methods, list) and methods:
+        if method is not dataclasses.MISSING and method not in methods:
+            listed = ", ".join(map(str, methods))
+            raise ConfigError("ticket.pruning.method", f"{method!r} is not used: prune_methods ({listed}) names "
+                                                       "the mask sources, one ticket each; put it there instead",
+                              ("prune_methods",))
+        sparsities = field_default(user, "ticket.pruning.sparsities") is not dataclasses.MISSING
+        known = [m for m in methods if m in SOURCES]  # an unknown one is named by SweepConfig
+        one_shot = [m for m in known if m != "imp"]  # explicit sparsities fit these; each ticket is checked
+        if known and (pruning.get("method", "imp") not in methods or (sparsities and one_shot)):
+            pruning["method"] = one_shot[0] if sparsities and one_shot else known[0]
+    if field_default(user, "ticket.pruning.sparsities") is not dataclasses.MISSING:
+        for name in ("levels", "rate"):
+            pruning.pop(name, None)
+    return preset
 
 
 def _absolute_uri(uri: str) -> str:

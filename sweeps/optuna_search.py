@@ -50,6 +50,7 @@ the first (the spend's lock in the store) and reads it back too.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from dataclasses import dataclass
@@ -114,17 +115,29 @@ def optuna_space(sweep: SweepConfig) -> dict[str, Any]:
 
 
 def check_space(sweep: SweepConfig) -> None:
-    """Every choice of the space must make a valid spend of every study (e.g. a rewind epoch the
-    draw keeps): fail before anything starts rather than in a trial."""
+    """Every choice of the space, and every pair of choices of two tweaks, must make a valid spend of
+    every ticket (a rewind epoch the draw keeps; reinit, which has no rewind point, never with one):
+    refused at plan time rather than failing in a trial. Pairs cover what tweaks check against each
+    other (`Tweak.check_spend`); the level changes nothing a tweak accepts, so one level is tried."""
     from lth_core.config import ConfigError
 
-    for study in level_studies(sweep):
-        for name in (t.name for t in REGISTRY):
-            for value in getattr(sweep.optuna_space, name):
+    space = sweep.optuna_space
+    names = [t.name for t in REGISTRY]
+    for ticket, prefix in study_prefixes(sweep):
+        study = LevelStudy(ticket, sweep.spend_levels[0], prefix)
+        for name in names:
+            for value in getattr(space, name):
                 try:
                     spend_for(sweep, study, {name: value})
                 except ValueError as e:  # a ConfigError, or an unreadable "ALPHA,T"
                     raise ConfigError(f"optuna_space.{name}", f"{value!r}: {e}") from None
+        for first, second in itertools.combinations(names, 2):
+            for a, b in itertools.product(getattr(space, first), getattr(space, second)):
+                try:
+                    spend_for(sweep, study, {first: a, second: b})
+                except ValueError as e:
+                    raise ConfigError(f"optuna_space.{first}", f"{a!r} cannot go with {second} {b!r} ({e}); "
+                                      "take one of the two out of the space", (f"optuna_space.{second}",)) from None
 
 
 def trial_fixed(sweep: SweepConfig, study: LevelStudy, parent_run_id: str | None) -> dict[str, Any]:

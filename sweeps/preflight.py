@@ -2,15 +2,17 @@
 
 `check(sweep, optuna=...)` runs, in order: the artifact store (a probe file written, read back
 and deleted), the Ray results folder, the MLflow tracking URI (a writable sqlite file or a
-server that answers), the Optuna storage, the data files (present and readable in their format)
-and, for `--ray-address` other than 'local', that the cluster answers within
-`RAY_CONNECT_TIMEOUT_S`. The first problem raises `SweepError` with one line: what is wrong,
+server that answers), the Optuna storage; then, for the in-process Ray ('local'), the CPUs and
+GPUs a trial asks for, the data files (present and readable in their format), the tickets'
+schedules and the tweaks' fit to the data; for any other `--ray-address`, that the cluster
+answers within `RAY_CONNECT_TIMEOUT_S`. The first problem raises `SweepError` with one line: what is wrong,
 then after '; ' what to do. Nothing is started and, apart from an empty store folder and the
 results folder, nothing is written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sqlite3
@@ -20,8 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from lth_core.cli import CliError, probe_store, writable_folder
-from sweeps.config import SweepConfig
+from lth_core.inputs import InputError, probe_store, writable_folder
+from sweeps.config import SweepConfig, combo_error
 from sweeps.runner import SweepError
 from tracking.probe import TrackingError, check_reachable, redact, sqlite_path
 
@@ -38,7 +40,8 @@ def check(sweep: SweepConfig, *, optuna: bool = False) -> None:
     if optuna:
         check_optuna_storage(sweep.optuna_storage)
     if sweep.ray_address == "local":  # on a cluster the data lives on the workers, not necessarily here
-        check_data(sweep)
+        check_local_resources(sweep)
+        check_data(sweep, optuna=optuna)
     else:
         check_ray_address(sweep.ray_address)
 
@@ -46,7 +49,7 @@ def check(sweep: SweepConfig, *, optuna: bool = False) -> None:
 def check_store(uri: str) -> None:
     try:
         probe_store(uri)
-    except CliError as e:
+    except InputError as e:
         raise SweepError(str(e)) from None
 
 
@@ -142,17 +145,51 @@ def check_optuna_storage(url: str) -> None:
                          "database or pass another --optuna-storage")
 
 
-def check_data(sweep: SweepConfig) -> None:
-    """The data files are there and readable, and no ticket's schedule must empty a layer."""
+def check_local_resources(sweep: SweepConfig) -> None:
+    """The in-process Ray gets this machine's CPUs (or `--num-cpus`) and GPUs: a trial that asks for
+    more would never start. (On a cluster, `runner.check_resources` asks the nodes once Ray is up.)"""
+    import torch
+
+    cpus = sweep.num_cpus or len(os.sched_getaffinity(0))
+    if sweep.cpus_per_trial > cpus:
+        where = f"--num-cpus {sweep.num_cpus}" if sweep.num_cpus else "this machine"
+        raise SweepError(f"--cpus-per-trial {sweep.cpus_per_trial:g} is more than the {cpus} CPU(s) of the in-process "
+                         f"Ray ({where}); lower --cpus-per-trial, or run on a cluster (--ray-address)")
+    gpus = torch.cuda.device_count()
+    if sweep.gpus_per_trial > gpus:
+        raise SweepError(f"--gpus-per-trial {sweep.gpus_per_trial:g} is more than the {gpus} GPU(s) of this machine; "
+                         "set --gpus-per-trial 0 to train on CPUs, or run on a cluster (--ray-address)")
+
+
+def check_data(sweep: SweepConfig, *, optuna: bool = False) -> None:
+    """The data files are there and readable, no ticket's schedule must empty a layer, and every
+    tweak setting the sweep trains with (its combinations, or the Optuna space) works on the data
+    set; a problem is named where the sweep sets it (ticket.pruning.levels, combos[2].rescale_init)."""
+    from lth_core import tweaks
+    from lth_core.config import ConfigError, TicketConfig
     from lth_core.data import load_dataset, unreadable
     from lth_core.lottery import check_schedule
 
-    for data in {t.data for t in sweep.tickets()}:
-        problem = unreadable(data)
-        if problem is not None:
-            raise SweepError(problem)
-    for ticket in sweep.tickets():
-        check_schedule(ticket, load_dataset(ticket.data))
+    datasets = {}
+    try:  # the data split and the schedule are the ticket's: ticket.data.val_fraction, ticket.pruning.levels
+        for data in {t.data for t in sweep.tickets()}:
+            problem = unreadable(data)
+            if problem is not None:
+                raise SweepError(problem)
+            datasets[data] = load_dataset(data)
+        for ticket in sweep.tickets():
+            check_schedule(ticket, datasets[ticket.data])
+    except ConfigError as e:
+        raise e.rooted("ticket.", {f.name for f in dataclasses.fields(TicketConfig)}) from None
+    settings = ([(f"optuna_space.{t.name}", tweaks.from_flat({t.name: value}), value)
+                 for t in tweaks.REGISTRY for value in getattr(sweep.optuna_space, t.name)] if optuna else
+                [(index, combo, None) for index, combo in enumerate(sweep.combos)])
+    for where, setting, value in settings:
+        for dataset in datasets.values():
+            try:
+                tweaks.check_dataset(setting, dataset)
+            except ConfigError as e:
+                raise (ConfigError(where, f"{value!r}: {e}") if optuna else combo_error(e, where)) from None
 
 
 def _ray_endpoint(address: str) -> str:

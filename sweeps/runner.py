@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from lth_core.config import ConfigError, TicketConfig, canonical_json, to_dict
+from lth_core.inputs import Parser
 from lth_core.paths import ticket_summary
 from sweeps.config import SweepConfig, trial_base
 from tracking import layout
@@ -294,7 +296,7 @@ def sweep_session(sweep: SweepConfig, preset: str, kind: str,
 def cli_main(doc: str, add_arguments: Callable[[argparse.ArgumentParser], None],
              run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     """Parse, run, and turn configuration and sweep errors into one clear line and exit status 2."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])  # flag helps carry their defaults
+    parser = Parser(description=doc.splitlines()[0])  # flag helps carry their defaults
     add_arguments(parser)
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get("LTH_DEBUG", "") not in ("", "0")
@@ -323,7 +325,7 @@ def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     from lth_core.store import OutsideStoreError
 
     if isinstance(e, ConfigError):
-        return config_error_text(e, getattr(args, "config", None))
+        return config_error_text(e, getattr(args, "config", None), getattr(args, "set", []))
     if isinstance(e, (SweepError, TrackingError)):
         return str(e) if ";" in str(e) else f"{e}; fix it and run again"
     if isinstance(e, DatasetNotFoundError):
@@ -337,18 +339,46 @@ def error_text(e: BaseException, args: argparse.Namespace) -> str | None:
     return None
 
 
-def config_error_text(e: ConfigError, config_file: str | None) -> str:
-    """`<field>: <what is wrong>; <what to do>`, naming the flag that sets the field."""
+def config_error_text(e: ConfigError, config_file: str | None, set_items: Sequence[str] = ()) -> str:
+    """`<field>: <what is wrong>; <what to do>`, naming the flags, or else the `--set` paths, that
+    set the field and the fields it involves (`e.related`)."""
     from sweeps.config import FLAGS
 
     field = e.field_path
     if field.startswith("--"):
         return f"{e}; fix {field}" if field != "--config" else f"{e}; fix the file or pass another --config"
-    flag = next((f for f, (dotted, _, _) in FLAGS.items() if dotted == field), None)
-    if "unknown field" in str(e):
-        return f"{e}; remove or rename it" + (f" in {config_file}" if config_file else " (--set or --config)")
-    where = f"--set {field}=..." + (f" or {field} in {config_file}" if config_file else "")
-    return f"{e}; fix {flag} or {where}" if flag else f"{e}; fix {where}"
+    if e.message.startswith("unknown field"):
+        known = e.message.partition("known fields: ")[2]
+        spelled = next((i.partition("=")[0].strip() for i in set_items
+                        if i.partition("=")[0].strip().split(".")[0] == field), field)  # the --set path given
+        todo = _meant(spelled) or ("remove or rename it" + (f" in {config_file}" if config_file else
+                                                          " (--set or --config)"))
+        return f"{field}: unknown field; {todo} (known fields: {known})"
+    flags, sets = [], []  # the flags first: what a user most likely typed
+    for path in (field, *e.related):
+        flag = next((f for f, (dotted, _, _) in FLAGS.items() if dotted == path), None)
+        settable = path.split("[")[0]  # combos[2].kd is set with the whole list: --set combos=[...]
+        if flag:
+            flags.append(flag)
+        else:
+            sets.append(f"--set '{settable}=[...]'" if "[" in path else f"--set {settable}=...")
+    fixes = list(dict.fromkeys(flags + sets))
+    where = f" (or {field.split('[')[0]} in {config_file})" if config_file else ""
+    return f"{e}; fix {' or '.join(fixes)}{where}"
+
+
+def _meant(field: str) -> str:
+    """What an unknown top-level field of a sweep most likely meant, as a hint ('' when nothing)."""
+    from lth_core.tweaks import TWEAKS
+
+    head = field.split(".")[0]
+    if head in TWEAKS:
+        return f"tweaks are set per combination: --set 'combos=[{{{head}: ...}}]'"
+    if head == "recipe":
+        return f"use ticket.{field} (the draw's recipe) or spend_{field} (the spends')"
+    if head in {f.name for f in dataclasses.fields(TicketConfig)}:
+        return f"the ticket's fields are under ticket.: use --set ticket.{field}=..."
+    return ""
 
 
 def one_line(e: Any) -> str:

@@ -240,10 +240,10 @@ def gpus_beyond_the_cluster() -> str:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (lambda: ["--set", 'combos=[{}, {"activation": "swishy"}]'], "error: tweaks.activation"),
+    (lambda: ["--set", 'combos=[{}, {"activation": "swishy"}]'], "error: combos[1].activation"),
     (lambda: ["--levels", "3"], "error: levels: level 3 is not drawn: the ticket has levels 0..2"),
     (lambda: ["--tracking-uri", closed_port_uri()], "error: cannot reach the MLflow tracking server at http://"),
-    (lambda: ["--gpus-per-trial", gpus_beyond_the_cluster()], "GPU but no Ray node has more than"),
+    (lambda: ["--gpus-per-trial", gpus_beyond_the_cluster()], "GPU(s) of this machine; set --gpus-per-trial 0"),
     (lambda: ["--dataset", "cifar100", "--data-root", "/nonexistent"], "https://www.cs.toronto.edu/~kriz/cifar.html"),
 ], ids=["unknown-tweak-value", "level-not-drawn", "unreachable-tracking-server", "gpus-not-in-cluster",
         "data-files-missing"])

@@ -100,16 +100,18 @@ class TrackingReader:
     existing store, then one request); raises TrackingError with what to do."""
 
     def __init__(self, tracking_uri: str):
-        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         check_reachable(tracking_uri, existing_store=True)
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         try:
+            self.client = MlflowClient(tracking_uri=tracking_uri)
             self.client.search_experiments(max_results=1)
-        except MlflowException as exc:
-            raise TrackingError(f"cannot read the MLflow store at {self.shown_uri}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - MLflow's own errors, a file that is no database, a missing driver
+            why = " ".join(str(exc).split())[:300].replace(tracking_uri, self.shown_uri) or type(exc).__name__
+            raise TrackingError(f"cannot read the MLflow store at {self.shown_uri} ({why}); pass --tracking-uri "
+                                "with an MLflow store: sqlite:///mlflow.db, a server (http://...) or a database "
+                                "URL whose driver is installed") from None
 
     @property
     def shown_uri(self) -> str:

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class TrialInputError(RuntimeError):
-    """A trial error that would recur on a retry (a config, data-format or store error), in one
-    line: the sweep fails the trial once and shows it (`sweeps.runner.retryable`)."""
+    """A trial error that would recur on a retry (a config, data-format or store error, a level
+    that empties a layer), in one line: the sweep fails the trial once and shows it
+    (`sweeps.runner.retryable`)."""
 
 
 @contextlib.contextmanager
@@ -35,11 +36,12 @@ def deterministic_errors() -> Iterator[None]:
     """Re-raise a config, data or store error as TrialInputError (one line, its type named)."""
     from lth_core.config import ConfigError
     from lth_core.data import DatasetFormatError, DatasetNotFoundError
+    from lth_core.pruning import EmptyLayerError
     from lth_core.store import OutsideStoreError
 
     try:
         yield
-    except (ConfigError, DatasetNotFoundError, DatasetFormatError, OutsideStoreError) as e:
+    except (ConfigError, DatasetNotFoundError, DatasetFormatError, OutsideStoreError, EmptyLayerError) as e:
         raise TrialInputError(f"{type(e).__name__}: {e}") from e
     except FileNotFoundError as e:  # the store of this node lacks the draw (level_sparsities)
         raise TrialInputError(f"store: {e}") from e

@@ -15,7 +15,8 @@ declared by `weights`:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -95,9 +96,18 @@ class MaskSource:
     reference: ClassVar[str]  # the paper that defines it
     weights: ClassVar[str]  # "init" | "dense" | "previous_level" (see the module docstring)
     uses_data: ClassVar[bool] = False  # scores need training batches (`MaskRequest.batches`)
+    uses_scope: ClassVar[bool] = True  # False: the source sets each layer's sparsity itself (`pruning.scope` refused)
 
     def mask(self, request: MaskRequest) -> Mask:
         raise NotImplementedError
+
+    def kept_per_layer(self, shapes: Mapping[str, torch.Size], sparsity: float, scope: str) -> dict[str, int] | None:
+        """How many weights each layer keeps at `sparsity` (from the dense net), where the shapes
+        alone decide it (a layer-wise scope); None where the scores do (a global ranking). A draw
+        uses it to refuse, before anything trains, a schedule that must empty a layer."""
+        if scope != "layerwise":
+            return None
+        return {name: round(math.prod(shape) * (1.0 - sparsity)) for name, shape in shapes.items()}
 
     @property
     def at_init(self) -> bool:

@@ -46,6 +46,7 @@ class ERK(MaskSource):
     summary = "Erdős–Rényi-Kernel layer-wise densities (small layers denser), random weights within each layer"
     reference = "Evci et al. 2020, Rigging the Lottery: Making All Tickets Winners (arXiv:1911.11134)"
     weights = "init"
+    uses_scope = False
 
     def mask(self, request: MaskRequest) -> Mask:
         """Each layer keeps round(density * numel) weights drawn among those `previous` keeps (its
@@ -59,6 +60,9 @@ class ERK(MaskSource):
         if not request.allow_empty_layers:
             refuse_empty_layers(mask, request.sparsity)
         return mask
+
+    def kept_per_layer(self, shapes: Mapping[str, torch.Size], sparsity: float, scope: str) -> dict[str, int]:
+        return {n: round(d * math.prod(shapes[n])) for n, d in erk_densities(shapes, sparsity).items()}
 
 
 def _keep_random(keep: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

@@ -5,6 +5,7 @@ methods must beat (Liu et al. 2022)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import torch
 
@@ -18,6 +19,7 @@ class Random(MaskSource):
     reference = ("Liu et al. 2022, The Unreasonable Effectiveness of Random Pruning: Return of the Most "
                  "Naive Baseline for Sparse Training (arXiv:2202.02643)")
     weights = "init"
+    uses_scope = False
 
     def mask(self, request: MaskRequest) -> Mask:
         """Random scores ranked per layer, so every layer keeps round(numel * (1 - sparsity)) weights.
@@ -26,6 +28,9 @@ class Random(MaskSource):
         generator = request.generator()
         scores = {n: torch.rand(request.previous[n].shape, generator=generator) for n in request.names}
         return dataclasses.replace(request, scope="layerwise").keep_top(scores)
+
+    def kept_per_layer(self, shapes: Mapping[str, torch.Size], sparsity: float, scope: str) -> dict[str, int]:
+        return super().kept_per_layer(shapes, sparsity, "layerwise")
 
 
 SOURCE = Random()

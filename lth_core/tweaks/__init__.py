@@ -19,6 +19,7 @@ from lth_core.tweaks.base import Flat, SpendContext, Tweak
 
 if TYPE_CHECKING:
     from lth_core.config import SpendConfig
+    from lth_core.data import Dataset
 
 MODULES = (  # one line per tweak: the module in this package that defines its TWEAK
     "ticket_init",  # first: a fresh initialisation replaces the ticket's before other model hooks
@@ -54,11 +55,46 @@ def _describe(self: Any) -> str:
     return "+".join(t.label(v) for t, v in self.active()) or VANILLA
 
 
+def _as_written(data: Mapping[Any, Any]) -> dict[Any, Any]:
+    """A mapping of tweak values with YAML's split of a flat form undone. In a YAML flow mapping the
+    comma ends a value, so `{kd: 0.5,5}` reads as {"kd": 0.5, 5: None}; a number with no value that
+    follows a number of a tweak with a section continues that tweak's flat form ("0.5,5"), as the
+    same text does on the command line (`--kd 0.5,5`)."""
+    out: dict[Any, Any] = {}
+    last = None  # the tweak with a section whose flat form a bare number would continue
+    for key, value in data.items():
+        if last is not None and value is None and _is_number(key) and _is_number(out[last]):
+            out[last] = f"{_number_text(out[last])},{_number_text(key)}"
+            continue
+        out[key] = value
+        last = key if key in TWEAKS and TWEAKS[key].section is not None else None
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, str):
+        return all(_parses_as_number(part) for part in value.split(","))
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parses_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _number_text(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
 TweakConfig = dataclasses.make_dataclass(
     "TweakConfig",
     [(t.name, t.annotation, dataclasses.field(default=t.default, metadata={"help": t.summary, "parse": t.decode}))
      for t in REGISTRY],
     namespace={"__post_init__": _validate, "active": _active, "describe": _describe,
+               "mapping_as_written": staticmethod(_as_written),
                "__doc__": "The re-training tweaks, one field per registered tweak; every default is vanilla LTH."},
     frozen=True)
 TweakConfig.__module__ = __name__  # importable by name (pickling, repr)
@@ -68,6 +104,12 @@ def check_spend(spend: SpendConfig) -> None:
     """Each tweak's checks against the rest of the spend (e.g. a rewind epoch the ticket keeps)."""
     for tweak in REGISTRY:
         tweak.check_spend(getattr(spend.tweaks, tweak.name), spend)
+
+
+def check_dataset(tweaks: Any, dataset: Dataset) -> None:
+    """Each tweak that is on checks it can work on the data set (GradInit's batch fits the training set)."""
+    for tweak, value in tweaks.active():
+        tweak.check_dataset(value, dataset)
 
 
 # --- trial dicts and search spaces ---------------------------------------------------------------

@@ -100,6 +100,10 @@ class Tweak:
     def check_spend(self, value: Any, spend: SpendConfig) -> None:
         """Raise ConfigError when the value does not fit the rest of the spend."""
 
+    def check_dataset(self, value: Any, dataset: Dataset) -> None:
+        """Raise ConfigError when the value cannot work on the spend's data set (checked before any
+        training, once the data set is read; called only when the tweak is on)."""
+
     def label(self, value: Any) -> str:
         raise NotImplementedError(f"tweak {self.name!r} must say how it labels a trial")
 
@@ -190,7 +194,13 @@ def _flat_text(v: Any) -> str:
 
 
 def _parse_number(text: str, path: str) -> Any:
+    """An int or float as YAML reads it, or as Python does where YAML 1.1 leaves text (1e-3)."""
     value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            value = float(text)
+        except ValueError:
+            pass
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ConfigError(path, f"cannot read {text!r} as a number")
     return value

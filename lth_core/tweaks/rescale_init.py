@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from tqdm import tqdm
 from lth_core.masks import Mask
 from lth_core.schema import require
 from lth_core.tweaks.base import SpendContext, Tweak
+
+if TYPE_CHECKING:
+    from lth_core.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,11 @@ class RescaleInit(Tweak):
     summary = "GradInit: re-scale each layer's starting weights so the first SGD steps lower the loss most"
     section = RescaleInitConfig
     search = ("off", "on")
+
+    def check_dataset(self, value: Any, dataset: Dataset) -> None:
+        require(value.batch_size <= len(dataset.train_y), f"{self.path}.batch_size",
+                f"a search batch of {value.batch_size} images is larger than the training set "
+                f"({len(dataset.train_y)} images); lower it")
 
     def label(self, value: Any) -> str:
         """`gradinit` at the defaults, `gradinit(iterations=390)` otherwise: the report groups runs

@@ -27,7 +27,7 @@ class Rewind(Tweak):
         kept = spend.ticket.rewind_epochs
         if value not in kept:
             raise ConfigError(self.path, f"the draw keeps epochs {list(kept)} of the dense run; {value} is not "
-                                         "among them (add it to the ticket's keep_epochs)")
+                                         "among them (add it to the ticket's keep_epochs)", ("ticket.keep_epochs",))
 
     def label(self, value: Any) -> str:
         return f"rewind{value}"

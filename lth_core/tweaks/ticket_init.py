@@ -25,11 +25,14 @@ if TYPE_CHECKING:
     from lth_core.config import SpendConfig
 
 CONTROLS = ("ticket", "reinit", "shuffle")
-CONTROL_SEED_OFFSET = 1_000_003  # control seed = ticket seed + offset * (spend seed + 1), never the ticket's
+CONTROL_SEED_OFFSET = 1_000_003  # control seed = ticket seed + offset * (spend seed + 1) mod 2**64
 
 
 def control_seed(ctx: SpendContext) -> int:
-    return ctx.spend.ticket.seed + CONTROL_SEED_OFFSET * (ctx.spend.seed + 1)
+    """Never the ticket's own seed: the offset is odd and 1 <= spend seed + 1 <= 2**63 (seeds are
+    checked to be in [0, 2**63 - 1]), so offset * (spend seed + 1) is never a multiple of 2**64.
+    Taken mod 2**64, the range torch seeds take."""
+    return (ctx.spend.ticket.seed + CONTROL_SEED_OFFSET * (ctx.spend.seed + 1)) % 2**64
 
 
 def shuffle_within_layers(mask: Mask, seed: int) -> Mask:
@@ -55,7 +58,10 @@ class TicketInit(Tweak):
     def check_spend(self, value: Any, spend: SpendConfig) -> None:
         if value == "reinit" and spend.tweaks.rewind_epoch:
             raise ConfigError(self.path, "reinit starts from a fresh initialisation, which has no rewind point; "
-                                         "use it with rewind_epoch 0")
+                                         "use it with rewind_epoch 0", ("tweaks.rewind_epoch",))
+        if value == "shuffle" and spend.level == 0:  # the dense net has no mask: the control would be vanilla
+            raise ConfigError(self.path, "shuffle permutes a level's mask; level 0 is the dense net, which has "
+                                         "none: spend a pruned level", ("level",))
 
     def label(self, value: Any) -> str:
         return value
