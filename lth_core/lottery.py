@@ -669,7 +669,8 @@ def finished_spend(spend: SpendConfig, store: ArtifactStore, observers: Sequence
     result = _read_if_valid(_json_reader(store, RESULT_SHAPE), paths.spend_result(spend.key), then, warn)
     if result is None or missing_snapshots(spend, result):
         return None
-    files = [paths.spend_weights(spend.key), *(paths.spend_snapshot(spend.key, e) for e in result["snapshots"])]
+    snapshots = [paths.spend_snapshot(spend.key, e) for e in result.get("snapshots", [])]  # none before snapshots
+    files = [paths.spend_weights(spend.key), *snapshots]
     if not all([_sound(store, path, then, warn=warn, expected=True) for path in files]):  # each bad one named
         return None
     return result if all(o.covers(result.get(o.name)) for o in observers) else None

@@ -553,7 +553,7 @@ def test_families_and_analysed_epochs_expand_into_tickets_spends_and_trials(tmp_
                             "generalization-resnet18-ticket2", "generalization-resnet34-ticket0"]
     for change, words in (({"analyze_epochs": [9]}, "analyze_epochs: epoch 9 is not in a spend"),
                           ({"archs": ["resnet50"]}, "archs: unknown value 'resnet50'"),
-                          ({"datasets": ["mnist"]}, "datasets: unknown value 'mnist'")):
+                          ({"datasets": ["imagenet"]}, "datasets: unknown value 'imagenet'")):
         with pytest.raises(ConfigError, match=words):
             from_dict(SweepConfig, {**preset, **change})
     run = run_grid(tmp_path, ["--preset", "generalization", "--dry-run", "--store", str(tmp_path / "s"),

@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -38,7 +39,8 @@ EPOCHS = 2
 TINY = ["--width", "0.125", "--epochs", str(EPOCHS), "--num-levels", "2", "--prune-methods", "imp", "--levels", "2",
         "--set", "ticket.recipe.batch_size=128", "--set", 'combos=[{}, {"activation": "swish"}]']
 SPEND_PARAMS = {"dataset", "arch", "width", "seed", "ticket_seed", "prune_method", "level", "sparsity",
-                *mlflow_params(TweakConfig())}  # one per registered tweak
+                "live_sparsity", *mlflow_params(TweakConfig()),  # one per registered tweak
+                *(f"platform.{name}" for name in ("cpu", "cpu_flags", "cpu_capability", "torch", "blas", "threads"))}
 
 
 def free_port() -> int:
@@ -201,7 +203,7 @@ def test_the_sweep_logs_to_an_mlflow_server(ray_session, tmp_path):
             code = full_grid.main([*TINY, "--name", "served", "--store", str(tmp_path / "store"),
                                    "--results-dir", str(tmp_path / "results"), "--tracking-uri", uri])
         assert code == 0, err.getvalue()[-4000:]
-        assert f"MLflow UI: open {uri} and pick the experiment 'served'" in out.getvalue()
+        assert re.search(rf"MLflow UI: open {re.escape(uri)}/#/experiments/\d+/runs\n", out.getvalue())
 
         api = f"{uri}/api/2.0/mlflow"
         status, body = http(f"{api}/experiments/get-by-name?experiment_name=served")
