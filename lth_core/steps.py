@@ -37,20 +37,19 @@ Body = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 class Replayable:
-    """Runs `body(images, labels)` on batches of `batch_size` images: eagerly for the first `warmup`
-    calls, then captured (on CUDA, when `capture`) and replayed on static copies of each batch."""
+    """Runs `body(images, labels)`: on a batch of `batch_size` images eagerly for the first
+    `warmup` calls, then captured (on CUDA) and replayed on static copies of each batch; on a batch
+    of another size, or without `runtime.graphs`, eagerly."""
 
-    def __init__(self, body: Body, batch_size: int, capture: bool, graphs: bool, warmup: int):
+    def __init__(self, body: Body, batch_size: int, runtime, warmup: int):
         self.body = body
-        self.warmup = warmup
         self.batch_size = batch_size
-        self.graphs = graphs  # the static-tensor path; with `capture`, a CUDA graph
-        self.capture = capture
+        self.graphs = runtime.graphs  # the static-tensor path; with `runtime.capture`, a CUDA graph
+        self.warmup = warmup
         self.calls = 0
-        self.replays = 0
         self.static: tuple[torch.Tensor, torch.Tensor] | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.stream = torch.cuda.Stream() if capture else None
+        self.stream = torch.cuda.Stream() if runtime.capture else None
 
     @property
     def recorded(self) -> bool:
@@ -59,8 +58,16 @@ class Replayable:
     def fits(self, labels: torch.Tensor) -> bool:
         return self.graphs and len(labels) == self.batch_size
 
-    def warming_up(self) -> bool:
-        return self.calls < self.warmup
+    def run(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if not self.fits(labels):
+            self.body(images, labels)
+        elif self.recorded:
+            self.replay(images, labels)
+        elif self.calls < self.warmup:
+            self.warm_up(images, labels)
+        else:
+            self.record(images, labels)
+            self.replay(images, labels)
 
     def warm_up(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """One eager call on the capture stream (plain eager on the CPU)."""
@@ -76,7 +83,7 @@ class Replayable:
     def record(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Capture the body on static copies of this batch (it has not run yet: replay runs it)."""
         self.static = (images.clone(), labels.clone())
-        if self.capture:
+        if self.stream is not None:
             self.graph = torch.cuda.CUDAGraph()
             self.stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.graph(self.graph, stream=self.stream):
@@ -87,7 +94,6 @@ class Replayable:
         static_images, static_labels = self.static
         static_images.copy_(images)
         static_labels.copy_(labels)
-        self.replays += 1
         if self.graph is not None:
             self.graph.replay()
         else:
@@ -117,39 +123,23 @@ class TrainStep(SummingStep):
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, runtime, batch_size: int):
         super().__init__(model, loss_fn, runtime)
-        self.steps = Replayable(self._forward_backward, batch_size, runtime.capture, runtime.graphs, WARMUP)
+        self.steps = Replayable(self._forward_backward, batch_size, runtime, WARMUP)
         self.grads: list[tuple[nn.Parameter, torch.Tensor]] = []  # the gradients the graph writes
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         steps = self.steps
         if steps.recorded:
-            self._own_grads()
-            if steps.fits(labels):
-                steps.replay(images, labels)
-            else:
-                self.model.zero_grad(set_to_none=False)  # keep the graph's gradient tensors
-                self._forward_backward(images, labels)
-        elif steps.fits(labels) and not steps.warming_up():
-            self.model.zero_grad(set_to_none=True)  # the graph allocates its own gradients
-            steps.record(images, labels)
-            steps.replay(images, labels)
-            self.grads = [(p, p.grad) for p in self.model.parameters() if p.grad is not None]
+            for param, grad in self.grads:  # a hook that replaced one is undone
+                if param.grad is not grad:
+                    param.grad = grad
+            if steps.graph is None or not steps.fits(labels):  # a graph's backward overwrites; eager adds
+                self.model.zero_grad(set_to_none=False)
         else:
-            self.model.zero_grad(set_to_none=True)
-            if steps.fits(labels):
-                steps.warm_up(images, labels)
-            else:
-                self._forward_backward(images, labels)
+            self.model.zero_grad(set_to_none=True)  # a graph allocates its own gradients when recorded
+        steps.run(images, labels)
+        if steps.recorded and not self.grads:
+            self.grads = [(p, p.grad) for p in self.model.parameters() if p.grad is not None]
         self.seen += len(labels)
-
-    def _own_grads(self) -> None:
-        """Gradients in the tensors the graph writes, zeroed in place without capture (a CPU
-        "replay" accumulates, a graph's backward overwrites)."""
-        for param, grad in self.grads:
-            if param.grad is not grad:
-                param.grad = grad
-        if self.steps.graph is None:
-            self.model.zero_grad(set_to_none=False)
 
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         with self.runtime.autocast():
@@ -165,20 +155,11 @@ class EvalStep(SummingStep):
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, runtime, batch_size: int):
         super().__init__(model, loss_fn, runtime)
-        self.steps = Replayable(self._forward, batch_size, runtime.capture, runtime.graphs, EVAL_WARMUP)
+        self.steps = Replayable(self._forward, batch_size, runtime, EVAL_WARMUP)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        steps = self.steps
-        if steps.recorded and steps.fits(labels):
-            steps.replay(images, labels)
-        elif steps.fits(labels) and not steps.warming_up():
-            steps.record(images, labels)
-            steps.replay(images, labels)
-        elif steps.fits(labels):
-            steps.warm_up(images, labels)
-        else:
-            self._forward(images, labels)
+        self.steps.run(images, labels)
         self.seen += len(labels)
 
     def _forward(self, images: torch.Tensor, labels: torch.Tensor) -> None:
