@@ -483,7 +483,7 @@ def test_flat_forms_in_combos_read_as_on_the_command_line():
 @pytest.mark.parametrize("preset", ["smoke", "fidelity"])
 def test_omp_with_explicit_sparsities_is_a_sweep(preset):
     """Legal, once refused: the mask sources decide the ticket's method, and explicit sparsities
-    replace the preset's level schedule (fidelity draws 16 levels)."""
+    replace the preset's level schedule (fidelity draws 10 levels)."""
     sweep = sweep_of("--preset", preset, "--prune-methods", "omp", "--set", "ticket.pruning.sparsities=[0.5, 0.9]",
                      "--levels", "1,2")
     (ticket,) = {t.pruning for t in sweep.tickets()}
@@ -497,7 +497,7 @@ def test_the_sweep_help_shows_real_defaults(capsys):
     assert "(default: None)" not in out
     assert ("(default: smoke 0.25; paper 1; fidelity 0.0625; fidelity-digits 0.0625; fidelity-gpu 0.5; "
             "generalization 0.0625; generalization-gpu 1)") in out
-    assert ("(default: smoke 5; paper 16; fidelity 16; fidelity-digits 16; fidelity-gpu 16; generalization 16; "
+    assert ("(default: smoke 5; paper 16; fidelity 10; fidelity-digits 16; fidelity-gpu 10; generalization 16; "
             "generalization-gpu 16)") in out
 
 
