@@ -63,6 +63,19 @@ def _dense_line(ax, dense: pd.Series | None) -> None:
         ax.axhspan(mean - 100 * dense["dense_std"], mean + 100 * dense["dense_std"], color=DENSE_COLOR, alpha=0.1, lw=0)
 
 
+def wrapped(label: str, width: int = 40) -> str:
+    """A combination's label broken before a `+` wherever a line would pass `width`, so that a
+    panel title stays over its own panel."""
+    lines = [""]
+    for i, part in enumerate(label.split("+")):
+        piece = part if i == 0 else f"+{part}"
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append(piece)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
+
+
 def accuracy_panels(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.Series | None,
                     path: Path, title: str, sparsity_label: str = SPARSITY_LABEL) -> Path | None:
     """One panel per tweak combination against vanilla LTH and the dense net (Figures 1, 4, 8)."""
@@ -77,9 +90,9 @@ def accuracy_panels(summary: pd.DataFrame, baseline: pd.DataFrame, dense: pd.Ser
         if not baseline.empty:
             _curve(ax, baseline, "vanilla LTH", BASE_COLOR, marker="s", linestyle=":")
         if combo != VANILLA:
-            _curve(ax, summary[summary["tweak"] == combo], combo, "tab:red")
+            _curve(ax, summary[summary["tweak"] == combo], "this combination", "tab:red")
         sparsity_axis(ax, 100 * summary["sparsity"], sparsity_label)
-        ax.set_title(combo, fontsize=10)
+        ax.set_title(wrapped(combo), fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
     for ax in axes.flat[len(combos):]:

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 
-from dashboards import analysis, collect, report
+from dashboards import analysis, collect, plots, report
 from lth_core import tweaks
 from tracking import layout as L
 from tracking.probe import redact
@@ -625,3 +625,13 @@ def test_the_landscapes_a_sweep_logs_reach_the_report(landscaped, tmp_path):
 def test_a_sweep_without_landscapes_shows_how(built):
     section = (built / "report.html").read_text().split('<section id="landscapes">')[1].split("</section>")[0]
     assert "--analyze-epochs" in section and "<img" not in section
+
+
+@pytest.mark.parametrize("label, lines", [
+    ("vanilla", 1), ("gradinit(iterations=20,batch_size=32)", 1),
+    ("swish+skip-identity+ls0.1+gradinit(iterations=20,batch_size=32)+rewind1", 3)])
+def test_a_long_combination_title_breaks_before_its_plus_signs(label, lines):
+    """Accuracy panels sit three abreast; an unbroken AT + TRT label ran over its neighbours."""
+    title = plots.wrapped(label).split("\n")
+    assert "".join(title) == label and len(title) == lines
+    assert all(len(line) <= 40 for line in title) and all(line.startswith("+") for line in title[1:])
