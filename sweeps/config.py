@@ -298,7 +298,7 @@ def _fidelity() -> dict[str, Any]:
       fit the hour;
     - 800 training images (80 per class), 9 epochs at batch 32 with the lr dropped x0.1 at epochs
       6 and 8: the first run's 5 epochs left the dense net under-trained, below its own tickets;
-      with 9 the pilot's vanilla tickets fell below it at 98.8% (2.8 points on 4 seeds);
+      with 9 the pilot's vanilla tickets fell below it at 98.8% (2.5 points on 4 seeds);
     - 600 validation images (val_fraction 0.01) and a fixed 1,000-image test subset: the test set
       is evaluated at every new best validation accuracy, and the whole 10,000 cost more than the
       training; every run tests on the same images, so paired differences keep their meaning;
