@@ -103,13 +103,14 @@ def _stages(ticket: TicketConfig) -> str:
 def draw_plan(ticket: TicketConfig, store: Any) -> str:
     """What a draw will do; its live weights (`lth_core.live`) are counted from the data's shape."""
     from lth_core.data import load_dataset
+    from lth_core.live import weight_counts
     from lth_core.lottery import live_set
 
     drawn = store.exists(paths.ticket_summary(ticket.key))
     sparsities = ticket.pruning.level_sparsities()
     dataset = load_dataset(ticket.data)  # read and checked already (check_ticket): cached
     live = live_set(ticket, dataset)
-    weights = {"prunable": live.total, "live": live.kept}
+    weights = weight_counts(live)
     warning = dead_weights_warning(weights, dataset.image_size)
     lines = [f"draw: ticket {ticket.key} ({ticket.model.arch} x{ticket.model.width:g} on {ticket.data.name}, "
              f"seed {ticket.seed}, device {ticket.recipe.device})",

@@ -18,8 +18,6 @@ the weights or the seed, and is stored with the ticket (`paths.live_weights`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
@@ -69,13 +67,14 @@ def live_weights(model: nn.Module, input_shape: tuple[int, int, int], prune_line
     return Mask(live)
 
 
-def live_count(live: Mapping[str, torch.Tensor]) -> int:
-    return sum(int(t.sum()) for t in live.values())
+def weight_counts(live: Mask) -> dict[str, int]:
+    """The prunable and the live weights, as draws store and report them."""
+    return {"prunable": live.total, "live": live.kept}
 
 
 def live_sparsity(mask: Mask | None, live: Mask) -> float:
     """Fraction of the live weights a mask removes (0 for the dense net, `mask` None)."""
-    total = live_count(live)
+    total = live.kept
     if mask is None or not total:
         return 0.0
     kept = sum(int((mask[name] & live[name]).sum()) for name in live)

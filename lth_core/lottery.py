@@ -34,7 +34,7 @@ from lth_core import paths, tweaks
 from lth_core.config import ConfigError, DataConfig, SpendConfig, TicketConfig, from_dict, replace, to_dict
 from lth_core.data import Dataset, iterate_batches, load_dataset, num_batches
 from lth_core.hooks import Observer, cross_entropy_loss
-from lth_core.live import live_sparsity, live_weights
+from lth_core.live import live_sparsity, live_weights, weight_counts
 from lth_core.machine import platform_info
 from lth_core.mask_sources import MaskRequest
 from lth_core.masks import Mask, prunable_names
@@ -170,10 +170,6 @@ def _stored_live_set(ticket: TicketConfig, store: ArtifactStore, dataset: Datase
         if write:
             store.write_bytes(path, live.to_bytes())
     return live
-
-
-def _weight_counts(live: Mask) -> dict[str, int]:
-    return {"prunable": live.total, "live": live.kept}
 
 
 def _train_stage(store: ArtifactStore, checkpoint_path: str, model: nn.Module, dataset: Dataset,
@@ -380,7 +376,7 @@ def _draw_locked(ticket: TicketConfig, store: ArtifactStore, on_stage_epoch: Sta
         if sequential:
             prev_weights, prev_mask = store.read_tensors(paths.level_final(key, level)), mask
 
-    summary = {"key": key, "config": to_dict(ticket), "weights": _weight_counts(live),
+    summary = {"key": key, "config": to_dict(ticket), "weights": weight_counts(live),
                "platform": platform_info(runtime.device), "dense": dense_metrics["summary"], "levels": levels}
     store.write_json(paths.ticket_summary(key), summary)
     return summary
@@ -408,7 +404,7 @@ def _draw_at_init(ticket: TicketConfig, store: ArtifactStore, runtime: Runtime, 
                        "start": paths.rewind_weights(key, 0), "layer_sparsity": mask.layer_sparsity()}
             store.write_json(paths.level_metrics(key, level), metrics)
         levels.append({"level": level, "sparsity": metrics["sparsity"], "live_sparsity": live_sparsity(mask, live)})
-    summary = {"key": key, "config": to_dict(ticket), "weights": _weight_counts(live),
+    summary = {"key": key, "config": to_dict(ticket), "weights": weight_counts(live),
                "platform": platform_info(runtime.device), "dense": None, "levels": levels}
     store.write_json(paths.ticket_summary(key), summary)
     return summary
