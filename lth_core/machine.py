@@ -9,6 +9,7 @@ CUDA the GPU's name.
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
 from pathlib import Path
@@ -23,12 +24,17 @@ def platform_info(device: torch.device | str = "cpu") -> dict[str, str]:
     """This process's platform as strings (MLflow params): cpu, cpu_flags, cpu_capability, torch,
     blas, threads, and gpu when `device` is a CUDA device."""
     device = torch.device(device)
-    info = {"cpu": _cpu_model(), "cpu_flags": " ".join(_simd_flags()),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-            "blas": _blas(), "threads": str(torch.get_num_threads())}
+    info = {**_process_platform(), "threads": str(torch.get_num_threads())}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+@functools.cache
+def _process_platform() -> dict[str, str]:
+    """What cannot change within a process, read once: every draw and spend records it."""
+    return {"cpu": _cpu_model(), "cpu_flags": " ".join(_simd_flags()),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__, "blas": _blas()}
 
 
 def _cpuinfo_field(name: str) -> str | None:
